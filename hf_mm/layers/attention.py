@@ -1,0 +1,153 @@
+"""Multi-head / multi-query attention through transformers' attention interface (sdpa by default).
+
+Einstein notation: `b` batch, `h` query heads, `k` key/value heads, `n` query length, `m` key length,
+`d` head features. Masks are boolean `(b, 1, n, m)` with True = may attend, or None (pure causal /
+full attention handled by the kernel).
+"""
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, EncoderDecoderCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .rotary import apply_rotary
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Reference attention: `softmax(q k^T * scaling + mask) v`. Returns `(b, n, h, d)` and the weights."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    elif kwargs.get("is_causal", False) and query.shape[2] > 1:
+        n, m = query.shape[2], key.shape[2]
+        causal = torch.ones(n, m, dtype=torch.bool, device=query.device).tril(m - n)
+        scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def self_attention_cache(past_key_values: Cache | None) -> Cache | None:
+    if isinstance(past_key_values, EncoderDecoderCache):
+        return past_key_values.self_attention_cache
+    return past_key_values
+
+
+class Attention(nn.Module):
+    """Self- or cross-attention with separate q/k/v/o projections.
+
+    - `num_kv_heads=1` is multi-query attention (PaLM / lucidrains); `num_kv_heads=num_heads` is MHA.
+    - `kv_dim` sets the width of the key/value source (cross-attention to image tokens of another width).
+    - Rotary angles (from `RotaryEmbedding`) rotate q and k, and v too when `rotate_values`.
+    - Self-attention appends its K/V to the `Cache` at `layer_idx`; cross-attention stores its K/V once in
+      the cross-attention half of an `EncoderDecoderCache` and reuses them on later steps.
+
+    `forward(hidden_states (b, n, dim), attention_mask, context (b, m, kv_dim) | None, ...) -> (b, n, dim)`
+    """
+
+    def __init__(
+        self,
+        config,
+        dim: int,
+        num_heads: int,
+        head_dim: int,
+        num_kv_heads: int | None = None,
+        kv_dim: int | None = None,
+        is_cross_attention: bool = False,
+        is_causal: bool = False,
+        qkv_bias: bool = True,
+        out_bias: bool = True,
+        layer_idx: int | None = None,
+        rotary_interleaved: bool = False,
+        rotate_values: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        num_kv_heads = num_kv_heads or num_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        self.config = config  # read at call time: `config._attn_implementation` picks the kernel
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.num_key_value_groups = num_heads // num_kv_heads
+        self.scaling = head_dim**-0.5
+        self.is_cross_attention = is_cross_attention
+        self.is_causal = is_causal and not is_cross_attention
+        self.layer_idx = layer_idx
+        self.rotary_interleaved, self.rotate_values = rotary_interleaved, rotate_values
+        self.dropout = dropout
+        kv_dim = kv_dim or dim
+        self.q_proj = nn.Linear(dim, num_heads * head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(kv_dim, num_kv_heads * head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(kv_dim, num_kv_heads * head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(num_heads * head_dim, dim, bias=out_bias)
+
+    def _split_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        return x.view(*x.shape[:-1], heads, self.head_dim).transpose(1, 2)  # b n (h d) -> b h n d
+
+    def project_key_value(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(b, m, kv_dim) -> k, v (b, k, m, d)`."""
+        return (self._split_heads(self.k_proj(context), self.num_kv_heads),
+                self._split_heads(self.v_proj(context), self.num_kv_heads))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        rotary_angles: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        q = self._split_heads(self.q_proj(hidden_states), self.num_heads)
+        if self.is_cross_attention:
+            k, v = self._cross_key_value(context, past_key_values)
+        else:
+            k, v = self.project_key_value(hidden_states)
+            if rotary_angles is not None:
+                q = apply_rotary(q, rotary_angles, self.rotary_interleaved)
+                k = apply_rotary(k, rotary_angles, self.rotary_interleaved)
+                if self.rotate_values:
+                    v = apply_rotary(v, rotary_angles, self.rotary_interleaved)
+            cache = self_attention_cache(past_key_values)
+            if cache is not None:
+                k, v = cache.update(k, v, self.layer_idx)
+        n, m = q.shape[2], k.shape[2]
+        if attention_mask is None and self.is_causal and n > 1 and m > n:
+            # the sdpa integration would crop keys to n here (correct only for an empty static cache)
+            attention_mask = torch.ones(n, m, dtype=torch.bool, device=q.device).tril(m - n)[None, None]
+        attn_fn = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        out, _ = attn_fn(
+            self, q, k, v, attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+            is_causal=self.is_causal and attention_mask is None,
+        )
+        return self.o_proj(out.reshape(*hidden_states.shape[:-1], -1))
+
+    def context_is_cached(self, past_key_values) -> bool:
+        """True when this cross-attention's K/V are already stored in `past_key_values`."""
+        return (
+            self.is_cross_attention
+            and isinstance(past_key_values, EncoderDecoderCache)
+            and past_key_values.is_updated.get(self.layer_idx, False)
+        )
+
+    def _cross_key_value(self, context, past_key_values):
+        cache = past_key_values if isinstance(past_key_values, EncoderDecoderCache) else None
+        if self.context_is_cached(cache):
+            layer = cache.cross_attention_cache.layers[self.layer_idx]
+            return layer.keys, layer.values
+        if context is None:
+            raise ValueError("cross-attention needs `context` (image tokens) on the first step")
+        k, v = self.project_key_value(context)
+        if cache is not None:
+            k, v = cache.cross_attention_cache.update(k, v, self.layer_idx)
+            cache.is_updated[self.layer_idx] = True
+        return k, v

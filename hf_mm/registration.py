@@ -1,0 +1,11 @@
+"""Registers each family with transformers' Auto classes (one list, one place)."""
+
+import importlib
+
+# Each family module exposes `register()`; add a family here when it lands.
+FAMILIES: list[str] = []
+
+
+def register_all():
+    for name in FAMILIES:
+        importlib.import_module(name).register()
