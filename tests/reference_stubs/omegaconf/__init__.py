@@ -1,0 +1,22 @@
+"""Test-only stand-in for ``omegaconf``, imported by dalle_pytorch.vae (only VQGanVAE uses it)."""
+
+from _reference_standin import standin_class, standin_function
+
+
+class OmegaConf:
+    """Every method raises NotImplementedError; there is no config system here."""
+
+    load = staticmethod(standin_function(f"{__name__}.OmegaConf.load"))
+    create = staticmethod(standin_function(f"{__name__}.OmegaConf.create"))
+    merge = staticmethod(standin_function(f"{__name__}.OmegaConf.merge"))
+    to_container = staticmethod(standin_function(f"{__name__}.OmegaConf.to_container"))
+    to_yaml = staticmethod(standin_function(f"{__name__}.OmegaConf.to_yaml"))
+
+    def __init__(self, *args, **kwargs):
+        raise NotImplementedError("stand-in: omegaconf.OmegaConf is a test-only stand-in from tests/reference_stubs")
+
+
+DictConfig = standin_class(f"{__name__}.DictConfig")
+ListConfig = standin_class(f"{__name__}.ListConfig")
+
+__all__ = ["OmegaConf", "DictConfig", "ListConfig"]

@@ -1,0 +1,3 @@
+"""Stand-in for ``torchvision.ops``."""
+
+from . import misc  # noqa: F401
