@@ -1,0 +1,26 @@
+"""Suite-wide test setup.
+
+- Makes the reference libraries importable (test-only stand-ins for torchvision & co., see
+  tests/reference_imports.py). This runs at collection time, before any test module is imported, so that
+  transformers pins "torchvision is not installed" before the stand-in becomes importable.
+- Caps torch's intra-op threads for the 2-core CI box.
+- Seeds nothing: tests that need determinism seed (or use a torch.Generator) themselves.
+"""
+
+import os
+import sys
+
+import torch
+
+_TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if _TESTS_DIR not in sys.path:  # also works under --import-mode=importlib
+    sys.path.insert(0, _TESTS_DIR)
+
+from reference_imports import enable_reference_imports  # noqa: E402
+
+enable_reference_imports()
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# The stand-in packages are not tests; never collect anything from them.
+collect_ignore = ["reference_stubs"]
