@@ -1,0 +1,336 @@
+"""Flamingo (lucidrains' `FlamingoPaLM`) as a transformers model with native, cached `generate()`.
+
+vision tower (vit-pytorch ViT layout) -> perceiver resampler -> PaLM decoder whose layers `0, k, 2k, ...` are
+followed by a tanh-gated cross-attention to the media latents. Einstein notation: `b` batch, `n` text
+positions, `t` media per sample, `f` frames, `l` latents, `d` features.
+
+Generation: media are encoded and resampled once per `generate()` call (the latents ride along in
+`model_kwargs`); cross-attention K/V over the latents are projected once into an `EncoderDecoderCache`;
+`media_time` is recomputed from the full `input_ids` at every step, so new tokens attend the latest medium.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, EncoderDecoderCache
+from transformers.modeling_outputs import ModelOutput
+
+from hf_mm.layers import (
+    CrossAttentionCacheMixin, LayerNorm, RotaryEmbedding, TransformerBlock, VisionTransformer, self_attention_mask,
+)
+
+from .configuration_flamingo import FlamingoConfig
+from .cross_attention import GatedCrossAttentionBlock, media_time_from_ids, text_to_media_mask
+from .perceiver import PerceiverResampler
+
+
+@dataclass
+class FlamingoModelOutput(ModelOutput):
+    """`last_hidden_state (b, n, d)`, the cache, and `media_latents (b, t, l, d)` (None for text-only input)."""
+
+    last_hidden_state: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    media_latents: torch.FloatTensor | None = None
+
+
+@dataclass
+class FlamingoCausalLMOutput(ModelOutput):
+    """`logits (b, n, vocab)`, the shifted next-token `loss` when `labels` are given, the cache and the latents."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    media_latents: torch.FloatTensor | None = None
+
+
+class FlamingoPreTrainedModel(PreTrainedModel):
+    config: FlamingoConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "video", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TransformerBlock", "GatedCrossAttentionBlock", "PerceiverLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, PerceiverResampler):
+            for param in (module.latents, module.media_position_embedding, module.frame_position_embedding):
+                if param is not None:
+                    nn.init.normal_(param, std=std)
+        elif isinstance(module, GatedCrossAttentionBlock):
+            nn.init.zeros_(module.attn_gate)  # tanh(0) = 0: an untrained Flamingo equals its language model
+            nn.init.zeros_(module.ff_gate)
+        elif isinstance(module, VisionTransformer):
+            if module.class_embedding is not None:
+                nn.init.normal_(module.class_embedding, std=std)
+            if isinstance(module.position_embedding, nn.Parameter):
+                nn.init.normal_(module.position_embedding, std=std)
+        elif isinstance(module, LayerNorm):
+            nn.init.ones_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+class FlamingoModel(FlamingoPreTrainedModel):
+    """Vision tower, perceiver and PaLM decoder; `forward(...) -> FlamingoModelOutput`."""
+
+    def __init__(self, config: FlamingoConfig):
+        super().__init__(config)
+        self.config._attn_implementation = self.config._attn_implementation  # reach the sub-configs
+        config.validate_architecture()
+        text = config.text_config
+        self.vision_model = VisionTransformer(config.vision_config)
+        self.perceiver = PerceiverResampler(config.perceiver_config)
+        self.embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size)
+        self.rotary = RotaryEmbedding(text.head_dim, base=text.rope_theta)
+        self.layers = nn.ModuleList(
+            TransformerBlock(
+                text, text.hidden_size, text.num_attention_heads, text.head_dim, text.intermediate_size,
+                num_kv_heads=text.num_key_value_heads, causal=True, parallel=True, norm_bias=False,
+                norm_eps=text.layer_norm_eps, qkv_bias=False, out_bias=False, mlp_bias=False,
+                mlp_act=text.hidden_act, gated_mlp=True, layer_idx=i,
+            )
+            for i in range(text.num_hidden_layers)
+        )
+        # keyed by the index of the decoder layer they follow; that index is also their cross-attention cache slot
+        self.cross_attn_layers = nn.ModuleDict(
+            {str(i): GatedCrossAttentionBlock(config, text, layer_idx=i) for i in config.cross_attention_layer_ids()}
+        )
+        self.norm = LayerNorm(text.hidden_size, eps=text.layer_norm_eps, bias=False)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Vision tokens: `(b, t, C, H, W) -> (b, t, n, d)`, videos `(b, t, f, C, H, W) -> (b, t, f, n, d)`."""
+        self._check_pixel_values(pixel_values)
+        media_shape = pixel_values.shape[:-3]
+        tokens = self.vision_model(pixel_values.flatten(0, len(media_shape) - 1))
+        return tokens.reshape(*media_shape, *tokens.shape[1:])
+
+    def get_media_latents(self, pixel_values=None, image_embeds=None) -> torch.Tensor:
+        """Pixels or precomputed vision tokens -> perceiver latents `(b, t, l, d)`."""
+        if image_embeds is None:
+            image_embeds = self.get_image_features(pixel_values)
+        return self.perceiver(image_embeds)
+
+    def _check_pixel_values(self, pixel_values):
+        v = self.config.vision_config
+        expected = f"(batch, num_media, {v.num_channels}, {v.image_size}, {v.image_size}) for images or " \
+                   f"(batch, num_media, frames, {v.num_channels}, {v.image_size}, {v.image_size}) for videos"
+        if not torch.is_tensor(pixel_values) or not pixel_values.is_floating_point():
+            raise TypeError(f"pixel_values must be a float tensor of shape {expected}")
+        if pixel_values.ndim not in (5, 6) or pixel_values.shape[-3:] != (v.num_channels, v.image_size, v.image_size):
+            raise ValueError(f"pixel_values must have shape {expected}, got {tuple(pixel_values.shape)}")
+        if pixel_values.ndim == 6 and pixel_values.shape[2] > self.config.perceiver_config.max_video_frames:
+            raise ValueError(
+                f"pixel_values holds videos of {pixel_values.shape[2]} frames, but "
+                f"perceiver_config.max_video_frames is {self.config.perceiver_config.max_video_frames}"
+            )
+
+    def _check_input_ids(self, input_ids):
+        vocab = self.config.text_config.vocab_size
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+            raise ValueError(
+                f"input_ids must be in [0, {vocab}) (text_config.vocab_size), got values in "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+            )
+
+    def _check_media_tokens(self, input_ids, num_media):
+        counts = (input_ids == self.config.media_token_id).sum(dim=-1)
+        if bool((counts != num_media).any()):
+            raise ValueError(
+                f"every row of input_ids must hold one media token (id {self.config.media_token_id}) per medium: "
+                f"{num_media} media given per sample, media tokens per row {counts.tolist()}"
+            )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_embeds: torch.FloatTensor | None = None,
+        media_latents: torch.FloatTensor | None = None,
+        media_time: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> FlamingoModelOutput:
+        """
+        input_ids (b, n): text with `media_token_id` where each medium goes.
+        pixel_values (b, t, C, H, W) images | (b, t, f, C, H, W) videos; or image_embeds (b, t, [f,] tokens, d)
+            vision-tower outputs; or media_latents (b, t, l, d) perceiver outputs. At most one of them.
+        media_time (b, n): index of the latest medium at each position (default: from `input_ids`).
+        attention_mask (b, past + n): 1 = real token (left padding).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids (batch, seq) and inputs_embeds (batch, seq, hidden)")
+        given = [name for name, v in (("pixel_values", pixel_values), ("image_embeds", image_embeds),
+                                      ("media_latents", media_latents)) if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"pass at most one of pixel_values, image_embeds, media_latents; got {given}")
+        if input_ids is not None:
+            self._check_input_ids(input_ids)
+            inputs_embeds = self.embed_tokens(input_ids)
+        b, n = inputs_embeds.shape[:2]
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = CrossAttentionCacheMixin.new_cache()
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+
+        if media_latents is None and (pixel_values is not None or image_embeds is not None):
+            media_latents = self.get_media_latents(pixel_values, image_embeds)
+        if media_latents is not None and media_latents.shape[0] != b:
+            raise ValueError(f"media have batch size {media_latents.shape[0]}, input_ids has {b}")
+        num_media = media_latents.shape[1] if media_latents is not None else self._cached_num_media(past_key_values)
+        if media_time is None and num_media:
+            if input_ids is None:
+                raise ValueError("with inputs_embeds and media, pass media_time (batch, seq) as well")
+            media_time = media_time_from_ids(input_ids, self.config.media_token_id)
+            if past_len == 0:
+                self._check_media_tokens(input_ids, num_media)
+            else:  # continuing a cached sequence: every earlier medium has been seen
+                media_time = media_time + num_media
+
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -n:]
+            else:
+                position_ids = torch.arange(past_len, past_len + n, device=inputs_embeds.device)[None]
+        rotary_angles = self.rotary(position_ids)
+        mask = self_attention_mask(attention_mask, n, causal=True) if attention_mask is not None else None
+        if num_media:
+            media_mask, attends = text_to_media_mask(
+                media_time, num_media, self.config.perceiver_config.num_latents,
+                self.config.only_attend_immediate_media,
+            )
+            context = media_latents.flatten(1, 2) if media_latents is not None else None
+
+        hidden = inputs_embeds
+        for i, layer in enumerate(self.layers):
+            hidden = layer(hidden, mask, rotary_angles=rotary_angles, past_key_values=past_key_values)
+            if num_media and str(i) in self.cross_attn_layers:
+                hidden = self.cross_attn_layers[str(i)](
+                    hidden, context, media_mask, attends, past_key_values=past_key_values
+                )
+        return FlamingoModelOutput(
+            last_hidden_state=self.norm(hidden),
+            past_key_values=past_key_values if use_cache else None,
+            media_latents=media_latents,
+        )
+
+    def _cached_num_media(self, cache) -> int:
+        """Media count recovered from cross-attention K/V stored on an earlier call (0 when none)."""
+        if not isinstance(cache, EncoderDecoderCache) or not self.cross_attn_layers:
+            return 0
+        first = int(next(iter(self.cross_attn_layers)))
+        if not cache.is_updated.get(first, False):
+            return 0
+        return cache.cross_attention_cache.layers[first].keys.shape[2] // self.config.perceiver_config.num_latents
+
+
+class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrainedModel, GenerationMixin):
+    """Flamingo with its tied language-model head. `forward(...) -> FlamingoCausalLMOutput (logits (b, n, vocab))`."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: FlamingoConfig):
+        super().__init__(config)
+        self.config._attn_implementation = self.config._attn_implementation
+        self.model = FlamingoModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+        if config.freeze_pretrained:
+            self.freeze_pretrained()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def freeze_pretrained(self) -> "FlamingoForConditionalGeneration":
+        """Paper recipe: freeze the vision tower and the language model (embeddings, blocks, norm, head);
+        the perceiver and the gated cross-attention blocks stay trainable. Returns self."""
+        for param in self.parameters():
+            param.requires_grad_(False)
+        for module in (self.model.perceiver, self.model.cross_attn_layers):
+            module.requires_grad_(True)
+        return self
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_embeds: torch.FloatTensor | None = None,
+        media_latents: torch.FloatTensor | None = None,
+        media_time: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> FlamingoCausalLMOutput:
+        """See `FlamingoModel.forward`; `labels (b, n)` give the shifted next-token loss (-100 = ignore)."""
+        out = self.model(
+            input_ids=input_ids, pixel_values=pixel_values, image_embeds=image_embeds, media_latents=media_latents,
+            media_time=media_time, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+        )
+        hidden = out.last_hidden_state
+        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,
+                                      **kwargs)
+        return FlamingoCausalLMOutput(loss=loss, logits=logits, past_key_values=out.past_key_values,
+                                      media_latents=out.media_latents)
+
+    def prepare_inputs_for_generation(self, input_ids, media_latents=None, is_first_iteration=False, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
+        if media_latents is not None:  # resampled on the first step; never re-encode
+            model_inputs.pop("pixel_values", None)
+            model_inputs.pop("image_embeds", None)
+            model_inputs["media_latents"] = media_latents
+        num_media = self._num_media(media_latents, kwargs)
+        if num_media and input_ids is not None:
+            if is_first_iteration:
+                self.model._check_media_tokens(input_ids, num_media)
+            # from the whole sequence so far (beams reorder input_ids, so this follows them)
+            step_len = model_inputs["input_ids"].shape[1] if model_inputs.get("input_ids") is not None else input_ids.shape[1]
+            model_inputs["media_time"] = media_time_from_ids(input_ids, self.config.media_token_id)[:, -step_len:]
+        return model_inputs
+
+    @staticmethod
+    def _num_media(media_latents, kwargs) -> int:
+        for media in (media_latents, kwargs.get("image_embeds"), kwargs.get("pixel_values")):
+            if media is not None:
+                return media.shape[1]
+        return 0
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, **kwargs):
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, **kwargs)
+        if getattr(outputs, "media_latents", None) is not None:
+            model_kwargs["media_latents"] = outputs.media_latents
+        return model_kwargs
