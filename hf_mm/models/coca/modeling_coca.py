@@ -1,0 +1,431 @@
+"""CoCa (contrastive captioner) as a transformers model with a cached `generate()`.
+
+Einstein notation: `b` batch, `n` text length, `m` image tokens, `q` pooler queries, `d` features.
+
+    pixel_values (b, 3, H, W) --vision_model--> image tokens (b, m, d_img)       [or image_embeds given]
+        --attn_pool + pooler_norm--> (b, q, d_pool): query 0 -> image_embeds, queries 1.. -> decoder context
+    input_ids (b, n) [+ CLS] --text_model (causal)--> token states (b, n, d), CLS -> text_embeds
+    token states --decoder (causal self-attn + cross-attn to the context)--> logits (b, n, vocab)
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, EncoderDecoderCache
+from transformers.utils import ModelOutput
+
+from ...layers import (
+    AttentionalPooler,
+    CrossAttentionCacheMixin,
+    LayerNorm,
+    LogitScale,
+    RotaryEmbedding,
+    TransformerBlock,
+    VisionTransformer,
+    contrastive_logits,
+    contrastive_loss,
+    init_shared_layer,
+    self_attention_mask,
+)
+from .configuration_coca import CocaConfig
+
+
+@dataclass
+class CocaOutput(ModelOutput):
+    """Outputs of `CocaModel.forward`.
+
+    loss: `caption_loss_weight * caption_loss + contrastive_loss_weight * contrastive_loss` (when asked).
+    logits: caption logits `(b, n, vocab)`; position i predicts token i + 1.
+    logits_per_image / logits_per_text: scaled similarities `(b_img, b_txt)` / `(b_txt, b_img)`.
+    image_embeds / text_embeds: normalised contrastive embeddings `(b, projection_dim)`.
+    image_hidden_states: image tokens entering the pooler `(b, m, image_embed_dim)` (reused by generate()).
+    """
+
+    loss: torch.FloatTensor | None = None
+    contrastive_loss: torch.FloatTensor | None = None
+    caption_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+def text_block(
+    config: CocaConfig, layer_idx: int | None, cross_attention: bool = False, decoder: bool = False
+) -> TransformerBlock:
+    """A block in the text style of `config.text_config` (unimodal layers and both decoder halves)."""
+    t, mm = config.text_config, config.multimodal_config
+    heads, head_dim = t.num_attention_heads, t.head_dim
+    if decoder and mm.num_attention_heads:
+        heads, head_dim = mm.num_attention_heads, t.hidden_size // mm.num_attention_heads
+    context_dim = (config.attn_pooler_dim if config.attn_pooler_queries else config.image_embed_dim)
+    kv_heads = t.num_key_value_heads
+    if cross_attention and mm.cross_attention_num_key_value_heads:
+        kv_heads = mm.cross_attention_num_key_value_heads
+    return TransformerBlock(
+        config, t.hidden_size, heads, head_dim, t.intermediate_size,
+        num_kv_heads=heads if kv_heads == t.num_attention_heads else kv_heads,
+        cross_attention=cross_attention,
+        context_dim=context_dim if cross_attention else None,
+        norm_context=mm.norm_context,
+        causal=not cross_attention,
+        parallel=mm.parallel_cross_attention if cross_attention else t.parallel_blocks,
+        norm_bias=t.norm_bias, norm_eps=t.layer_norm_eps,
+        qkv_bias=t.attention_bias, out_bias=t.attention_out_bias, mlp_bias=t.mlp_bias,
+        mlp_act=t.hidden_act, gated_mlp=t.gated_mlp, layer_scale_init=t.layer_scale_init,
+        layer_idx=layer_idx,
+    )
+
+
+class CocaTextModel(nn.Module):
+    """Unimodal causal text tower with a CLS token appended at the end for the contrastive embedding.
+
+    `forward(input_ids (b, n), ...) -> token states (b, n, d), normalised-by-LayerNorm CLS (b, d) | None`.
+    """
+
+    def __init__(self, config: CocaConfig):
+        super().__init__()
+        t = config.text_config
+        self.config = config
+        self.embed_tokens = nn.Embedding(t.vocab_size, t.hidden_size)
+        self.cls_embedding = nn.Parameter(torch.zeros(t.hidden_size))
+        self.position_embedding = (
+            nn.Parameter(torch.zeros(t.max_position_embeddings + 1, t.hidden_size))
+            if t.position_embedding_type == "learned" else None
+        )
+        self.layers = nn.ModuleList(text_block(config, i) for i in range(t.num_hidden_layers))
+        self.cls_norm = LayerNorm(t.hidden_size, eps=t.layer_norm_eps, bias=t.norm_bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        rotary: RotaryEmbedding | None,
+        past_key_values: Cache | None = None,
+        append_cls: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, n = input_ids.shape
+        x = self.embed_tokens(input_ids)
+        positions = position_ids
+        if append_cls:
+            x = torch.cat((x, self.cls_embedding.to(x.dtype).expand(b, 1, -1)), dim=1)
+            positions = torch.cat((position_ids, position_ids[:, -1:] + 1), dim=1)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding[positions].to(x.dtype)
+        angles = rotary(positions) if rotary is not None else None
+        mask = self.build_mask(attention_mask, x.shape[1], append_cls)
+        for layer in self.layers:
+            x = layer(x, attention_mask=mask, rotary_angles=angles, past_key_values=past_key_values)
+        if not append_cls:
+            return x, None
+        return x[:, :-1], self.cls_norm(x[:, -1])
+
+    def build_mask(self, attention_mask: torch.Tensor | None, query_len: int, append_cls: bool):
+        """Boolean mask `(b, 1, query_len, keys)` or None for plain causal attention.
+
+        Real tokens attend to earlier real tokens. Padded rows and the CLS row see what the reference named by
+        `padding_mask_style` lets them see, so converted checkpoints match at every position.
+        """
+        if attention_mask is None or bool(attention_mask.all()):
+            return None
+        real = attention_mask.bool()
+        ones = real.new_ones(real.shape[0], 1)
+        style = self.config.text_config.padding_mask_style
+        # open_clip_legacy: key j is visible iff token j - 1 is real (key 0 always): its shifted CLS mask
+        cls_keys = torch.cat((ones, real), 1) if style == "open_clip_legacy" else torch.cat((real, ones), 1)
+        pad_keys = torch.ones_like(cls_keys) if style == "coca_pytorch" else cls_keys
+        if not append_cls:
+            return self_attention_mask(real, query_len, causal=True, pad_query_key_mask=pad_keys[:, :-1])
+        mask = self_attention_mask(torch.cat((real, ones), 1), query_len, causal=True, pad_query_key_mask=pad_keys)
+        mask = mask.clone()
+        mask[:, 0, -1] = cls_keys
+        return mask
+
+
+class CocaDecoderLayer(nn.Module):
+    """Causal self-attention block then cross-attention block over the image context."""
+
+    def __init__(self, config: CocaConfig, layer_idx: int):
+        super().__init__()
+        self.self_block = text_block(config, layer_idx, decoder=True)
+        self.cross_block = text_block(config, layer_idx, cross_attention=True, decoder=True)
+
+    def forward(self, x, attention_mask, context, rotary_angles, past_key_values):
+        x = self.self_block(x, attention_mask=attention_mask, rotary_angles=rotary_angles,
+                            past_key_values=past_key_values)
+        return self.cross_block(x, context=context, past_key_values=past_key_values)
+
+
+class CocaPreTrainedModel(PreTrainedModel):
+    config: CocaConfig
+    base_model_prefix = "coca"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TransformerBlock", "CocaDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flex_attn = False
+    _keep_in_fp32_modules = ["logit_scale"]
+    accepts_loss_kwargs = False  # caption + contrastive: not a token sum Trainer could rescale
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        init_shared_layer(module, std)
+        from transformers import initialization as init
+
+        if isinstance(module, CocaTextModel):
+            init.normal_(module.cls_embedding, std=0.01)
+            if module.position_embedding is not None:
+                init.normal_(module.position_embedding, std=0.01)
+
+
+class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
+    """CoCa: contrastive image/text embeddings and an image-conditioned caption decoder in one model.
+
+    Serves zero-shot classification (`logits_per_image`), retrieval (`get_*_features`) and captioning
+    (`generate(pixel_values=...)`; the image is encoded once, self-attention K/V of the text tower and the
+    decoder are cached, cross-attention K/V over the image tokens are projected once).
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "text_model.embed_tokens.weight"}
+
+    def __init__(self, config: CocaConfig):
+        config.validate_architecture()
+        super().__init__(config)
+        self.config._attn_implementation = self.config._attn_implementation  # reach the sub-configs too
+        t = config.text_config
+        self.vision_model = VisionTransformer(config.vision_config) if config.vision_config is not None else None
+        if config.attn_pooler_queries:
+            self.attn_pool = AttentionalPooler(
+                config, config.attn_pooler_dim, config.image_embed_dim, config.attn_pooler_queries,
+                config.attn_pooler_heads, config.attn_pooler_head_dim,
+                num_kv_heads=config.attn_pooler_num_key_value_heads, norm_bias=t.norm_bias,
+                norm_eps=t.layer_norm_eps, bias=config.attn_pooler_bias,
+            )
+            self.pooler_norm = LayerNorm(config.attn_pooler_dim, eps=t.layer_norm_eps, bias=t.norm_bias)
+            pooled_dim = config.attn_pooler_dim
+        else:
+            self.attn_pool, self.pooler_norm = None, None
+            pooled_dim = config.image_embed_dim
+        self.visual_projection = nn.Linear(pooled_dim, config.projection_dim, bias=False)
+        self.text_model = CocaTextModel(config)
+        self.text_projection = nn.Linear(t.hidden_size, config.projection_dim, bias=False)
+        self.logit_scale = LogitScale(config.logit_scale_init_value, config.logit_scale_max)
+        self.rotary_emb = (
+            RotaryEmbedding(t.head_dim, base=t.rope_theta) if t.position_embedding_type == "rotary" else None
+        )
+        n_text = t.num_hidden_layers
+        self.decoder_layers = nn.ModuleList(
+            CocaDecoderLayer(config, n_text + i) for i in range(config.multimodal_config.num_hidden_layers)
+        )
+        self.decoder_norm = LayerNorm(t.hidden_size, eps=t.layer_norm_eps, bias=t.norm_bias)
+        self.lm_head = nn.Linear(t.hidden_size, t.vocab_size, bias=False)
+        self.post_init()
+
+    # -- embeddings API -------------------------------------------------------------------------------
+    def get_input_embeddings(self):
+        return self.text_model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.text_model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    # -- input checks ---------------------------------------------------------------------------------
+    def _check_text(self, input_ids: torch.Tensor, past_length: int = 0) -> None:
+        t = self.config.text_config
+        if not torch.is_tensor(input_ids) or input_ids.dtype not in (torch.long, torch.int, torch.int32, torch.int16):
+            raise TypeError("input_ids must be an integer tensor of shape (batch, sequence_length)")
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must have shape (batch, sequence_length), got {tuple(input_ids.shape)}")
+        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one token")
+        if bool((input_ids < 0).any()) or bool((input_ids >= t.vocab_size).any()):
+            raise ValueError(
+                f"input_ids must lie in [0, {t.vocab_size}) (text_config.vocab_size), got values in "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+            )
+        total = past_length + input_ids.shape[1]
+        if t.position_embedding_type == "learned" and total > t.max_position_embeddings:
+            raise ValueError(
+                f"input_ids has {total} tokens (cached ones included) but the context length "
+                f"(text_config.max_position_embeddings) is {t.max_position_embeddings}"
+            )
+
+    def _check_attention_mask(self, attention_mask, input_ids, past_length):
+        if attention_mask is None:
+            return
+        expected = (input_ids.shape[0], past_length + input_ids.shape[1])
+        if attention_mask.ndim != 2 or tuple(attention_mask.shape) != expected:
+            raise ValueError(
+                f"attention_mask must have shape (batch, past + new tokens) = {expected}, got {tuple(attention_mask.shape)}"
+            )
+
+    # -- image side -----------------------------------------------------------------------------------
+    def encode_image_tokens(self, pixel_values=None, image_embeds=None) -> torch.Tensor:
+        """`pixel_values (b, 3, H, W)` or `image_embeds (b, m, image_embed_dim)` -> image tokens `(b, m, d_img)`."""
+        if (pixel_values is None) == (image_embeds is None):
+            raise ValueError("pass exactly one of pixel_values (images) or image_embeds (precomputed image tokens)")
+        if pixel_values is not None:
+            if self.vision_model is None:
+                raise ValueError("this CoCa has no vision tower (vision_config=None): pass image_embeds instead of pixel_values")
+            return self.vision_model(pixel_values)
+        d = self.config.image_embed_dim
+        if not torch.is_tensor(image_embeds) or image_embeds.ndim != 3 or image_embeds.shape[-1] != d:
+            shape = tuple(image_embeds.shape) if torch.is_tensor(image_embeds) else type(image_embeds).__name__
+            raise ValueError(f"image_embeds must have shape (batch, num_image_tokens, {d}) (image_embed_dim), got {shape}")
+        if image_embeds.shape[0] == 0 or image_embeds.shape[1] == 0:
+            raise ValueError(f"image_embeds is empty (shape {tuple(image_embeds.shape)})")
+        return image_embeds.to(self.visual_projection.weight.dtype)
+
+    def pool_image(self, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(b, m, d_img) -> pooled (b, d_pool), decoder context (b, q - 1 or m - 1, d_pool)`."""
+        if self.attn_pool is not None:
+            image_tokens = self.pooler_norm(self.attn_pool(image_tokens))
+        return image_tokens[:, 0], image_tokens[:, 1:]
+
+    def get_image_features(self, pixel_values=None, image_embeds=None) -> torch.Tensor:
+        """Normalised contrastive image embeddings `(b, projection_dim)`."""
+        pooled, _ = self.pool_image(self.encode_image_tokens(pixel_values, image_embeds))
+        return F.normalize(self.visual_projection(pooled), dim=-1)
+
+    def get_text_features(self, input_ids, attention_mask=None, position_ids=None, **kwargs) -> torch.Tensor:
+        """Normalised contrastive text embeddings `(b, projection_dim)`."""
+        self._check_text(input_ids)
+        self._check_attention_mask(attention_mask, input_ids, 0)
+        position_ids = self._position_ids(input_ids, position_ids, 0)
+        _, cls = self.text_model(input_ids, attention_mask, position_ids, self.rotary_emb, append_cls=True)
+        return F.normalize(self.text_projection(cls), dim=-1)
+
+    # -- forward --------------------------------------------------------------------------------------
+    @staticmethod
+    def _position_ids(input_ids, position_ids, past_length):
+        if position_ids is not None:
+            return position_ids
+        n = input_ids.shape[1]
+        return torch.arange(past_length, past_length + n, device=input_ids.device).expand(input_ids.shape[0], n)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_embeds: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CocaOutput:
+        """Contrastive + captioning forward.
+
+        Without a cache (training, evaluation, zero-shot): the text gets its CLS token, both contrastive
+        embeddings and the similarity logits are returned; the decoder runs when image and text batches match.
+        With a cache (`use_cache=True` / `past_key_values`, as generate() does) only the caption logits are
+        computed, and after the first step the image is not needed again.
+        """
+        if input_ids is None:
+            raise ValueError("input_ids is required (use get_image_features for images alone)")
+        use_cache = bool(use_cache) or past_key_values is not None
+        if use_cache and past_key_values is None:
+            past_key_values = self.new_cache()
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        self._check_text(input_ids, past_length)
+        self._check_attention_mask(attention_mask, input_ids, past_length)
+        if return_loss is None:
+            return_loss = labels is not None
+        if return_loss and use_cache:
+            raise ValueError("return_loss / labels cannot be combined with use_cache=True (the loss needs the CLS token)")
+        context_cached = isinstance(past_key_values, EncoderDecoderCache) and bool(past_key_values.is_updated)
+
+        image_tokens = pooled = context = None
+        if not context_cached or pixel_values is not None or image_embeds is not None:
+            image_tokens = self.encode_image_tokens(pixel_values, image_embeds)
+            pooled, context = self.pool_image(image_tokens)
+
+        position_ids = self._position_ids(input_ids, position_ids, past_length)
+        tokens, cls = self.text_model(
+            input_ids, attention_mask, position_ids, self.rotary_emb, past_key_values, append_cls=not use_cache
+        )
+
+        out = CocaOutput(past_key_values=past_key_values if use_cache else None, image_hidden_states=image_tokens)
+        if cls is not None:
+            out.text_embeds = F.normalize(self.text_projection(cls), dim=-1)
+            out.image_embeds = F.normalize(self.visual_projection(pooled), dim=-1)
+            scale = self.logit_scale()
+            out.logits_per_image, out.logits_per_text = contrastive_logits(out.image_embeds, out.text_embeds, scale)
+
+        if context is None or context.shape[0] == input_ids.shape[0] or context_cached:
+            out.logits = self._decode(tokens, attention_mask, position_ids, context, past_key_values, logits_to_keep)
+        elif return_loss:
+            raise ValueError(
+                f"image and text batch sizes differ ({context.shape[0]} vs {input_ids.shape[0]}): the caption and "
+                "contrastive losses pair image i with text i"
+            )
+
+        if return_loss:
+            out.caption_loss = self._caption_loss(out.logits, input_ids if labels is None else labels, attention_mask)
+            out.contrastive_loss = contrastive_loss(out.image_embeds, out.text_embeds, self.logit_scale())
+            out.loss = (self.config.caption_loss_weight * out.caption_loss
+                        + self.config.contrastive_loss_weight * out.contrastive_loss)
+        return out
+
+    def _decode(self, tokens, attention_mask, position_ids, context, past_key_values, logits_to_keep):
+        """Token states `(b, n, d)` -> caption logits `(b, n or logits_to_keep, vocab)`."""
+        n = tokens.shape[1]
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            # decoder rows of padded tokens see every earlier key, as in both references
+            mask = self_attention_mask(attention_mask, n, causal=True,
+                                       pad_query_key_mask=torch.ones_like(attention_mask, dtype=torch.bool))
+        angles = self.rotary_emb(position_ids) if self.rotary_emb is not None else None
+        x = tokens
+        for layer in self.decoder_layers:
+            x = layer(x, mask, context, angles, past_key_values)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        return self.lm_head(self.decoder_norm(x))
+
+    def _caption_loss(self, logits, labels, attention_mask):
+        """Next-token cross-entropy; padding (attention_mask == 0) and -100 labels are ignored."""
+        if labels.shape != logits.shape[:2]:
+            raise ValueError(f"labels must have shape {tuple(logits.shape[:2])} like input_ids, got {tuple(labels.shape)}")
+        labels = labels[:, 1:]
+        if attention_mask is not None:
+            labels = labels.masked_fill(attention_mask[:, 1:] == 0, -100)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+
+    # -- generation hooks -----------------------------------------------------------------------------
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, pixel_values=None, image_embeds=None,
+                                      **kwargs):
+        inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
+        context_cached = isinstance(past_key_values, EncoderDecoderCache) and bool(past_key_values.is_updated)
+        if not context_cached:  # first step, or use_cache=False: the image (encoded once, see below) is needed
+            if image_embeds is not None:
+                inputs["image_embeds"] = image_embeds
+            else:
+                inputs["pixel_values"] = pixel_values
+        inputs.pop("return_loss", None)
+        return inputs
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        if outputs.image_hidden_states is not None:  # keep the encoded image; never run the tower twice
+            model_kwargs["image_embeds"] = outputs.image_hidden_states
+            model_kwargs.pop("pixel_values", None)
+        return model_kwargs

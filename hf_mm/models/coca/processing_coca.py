@@ -1,0 +1,1 @@
+"""CoCa processor placeholder (filled below)."""
