@@ -1,0 +1,64 @@
+"""Key mapping for vit-pytorch's `ViT` (as wrapped by `Extractor`) -> `hf_mm.layers.VisionTransformer`.
+
+vit-pytorch `ViT` = patches `(p1 p2 c)` -> LayerNorm -> Linear -> LayerNorm, class token, learned positions,
+pre-norm blocks (`Attention` with its own LayerNorm and bias-free fused qkv; `FeedForward` with its own LayerNorm),
+final LayerNorm. The classification head (`mlp_head`) is not part of the embeddings and is dropped.
+"""
+
+import re
+
+from .common import StateDictConverter, UnmappedTensorsError
+
+
+def convert_vit_pytorch(conv: StateDictConverter, src_prefix: str, dst_prefix: str, vit_module) -> dict:
+    """Move every tensor of `vit_module` (a vit-pytorch `ViT`, found at `src_prefix` in `conv.source`) to a
+    `VisionTransformer` at `dst_prefix`. Returns the `VisionTowerConfig` kwargs that reproduce it."""
+    s, d = src_prefix, dst_prefix
+    transformer = vit_module.transformer
+    first_attn = transformer.layers[0][0]
+    heads = first_attn.heads
+    head_dim = first_attn.to_qkv.weight.shape[0] // (3 * heads)
+    dim = vit_module.pos_embedding.shape[-1]
+    if not hasattr(first_attn.to_out, "__getitem__"):
+        raise UnmappedTensorsError("vit-pytorch ViT with heads=1 and dim_head=dim (no output projection) is not supported")
+    patch_size = vit_module.patch_size
+    if isinstance(patch_size, tuple):
+        if patch_size[0] != patch_size[1]:
+            raise UnmappedTensorsError(f"only square patches are supported, got {patch_size}")
+        patch_size = patch_size[0]
+    patch_dim = vit_module.to_patch_embedding[1].normalized_shape[0]
+    channels = patch_dim // (patch_size * patch_size)
+    num_cls = vit_module.cls_token.shape[0]
+    grid = int(round((vit_module.pos_embedding.shape[0] - num_cls) ** 0.5))
+
+    for src, dst in (("to_patch_embedding.1", "patch_embedding.norm_in"), ("to_patch_embedding.2", "patch_embedding.proj"),
+                     ("to_patch_embedding.3", "patch_embedding.norm_out"), ("transformer.norm", "final_norm")):
+        conv.move(f"{s}.{src}.weight", f"{d}.{dst}.weight")
+        conv.move(f"{s}.{src}.bias", f"{d}.{dst}.bias")
+    cls_token = conv.take(f"{s}.cls_token")
+    if num_cls:
+        conv.put(f"{d}.class_embedding", cls_token[0])
+    conv.move(f"{s}.pos_embedding", f"{d}.position_embedding")
+    for i in range(len(transformer.layers)):
+        src, dst = f"{s}.transformer.layers.{i}", f"{d}.layers.{i}"
+        conv.move(f"{src}.0.norm.weight", f"{dst}.norm1.weight")
+        conv.move(f"{src}.0.norm.bias", f"{dst}.norm1.bias")
+        q, k, v = conv.take(f"{src}.0.to_qkv.weight").chunk(3, dim=0)
+        conv.put(f"{dst}.attn.q_proj.weight", q)
+        conv.put(f"{dst}.attn.k_proj.weight", k)
+        conv.put(f"{dst}.attn.v_proj.weight", v)
+        conv.move(f"{src}.0.to_out.0.weight", f"{dst}.attn.o_proj.weight")
+        conv.move(f"{src}.0.to_out.0.bias", f"{dst}.attn.o_proj.bias")
+        for part, name in (("0", "norm2"), ("1", "mlp.fc1"), ("4", "mlp.fc2")):
+            conv.move(f"{src}.1.net.{part}.weight", f"{dst}.{name}.weight")
+            conv.move(f"{src}.1.net.{part}.bias", f"{dst}.{name}.bias")
+    for key in conv.keys_matching(re.escape(s) + r"\.mlp_head\..*"):
+        conv.take(key)  # classification head: unused by an embedding extractor
+    return dict(
+        image_size=grid * patch_size, patch_size=patch_size, num_channels=channels, hidden_size=dim,
+        num_hidden_layers=len(transformer.layers), num_attention_heads=heads, head_dim=head_dim,
+        intermediate_size=transformer.layers[0][1].net[1].out_features, hidden_act="gelu", layer_norm_eps=1e-5,
+        patch_embedding_type="linear", patch_bias=True, class_token=bool(num_cls),
+        position_embedding_type="learned", pre_norm=False, final_norm=True,
+        qkv_bias=False, out_bias=True, mlp_bias=True,
+    )
