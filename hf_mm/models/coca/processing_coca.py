@@ -1,1 +1,124 @@
-"""CoCa processor placeholder (filled below)."""
+"""CoCa processor: open_clip's image preprocessing without torchvision, and a CLIP BPE tokenizer.
+
+`CocaImageProcessor` reproduces open_clip's eval transform (`Resize(size, bicubic)` on the shortest side,
+`CenterCrop(size)`, `ToTensor`, `Normalize(CLIP mean/std)`) with torchvision's rounding rules on PIL.
+`clip_tokenizer_from_bpe` builds transformers' `CLIPTokenizer` from an OpenAI CLIP BPE merges file (the one
+open_clip ships) with open_clip's conventions: `<start_of_text> text <end_of_text>`, padded with id 0.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from transformers import CLIPImageProcessorPil, CLIPTokenizer, ProcessorMixin
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+
+class CocaImageProcessor(CLIPImageProcessorPil):
+    """open_clip preprocessing. `images -> pixel_values (b, 3, size, size)`."""
+
+    model_input_names = ["pixel_values"]
+
+    def resize(self, image: np.ndarray, size, resample=None, **kwargs) -> np.ndarray:
+        """Shortest side to `size.shortest_edge`, other side `int(size * long / short)` (torchvision's rule)."""
+        if not size.shortest_edge:
+            return super().resize(image, size, resample=resample, **kwargs)
+        _, h, w = image.shape
+        target = size.shortest_edge
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(target * long / short)
+        new_w, new_h = (target, new_long) if w <= h else (new_long, target)
+        pil = Image.fromarray(np.moveaxis(image, 0, -1).astype(np.uint8)) if image.dtype == np.uint8 else None
+        if pil is None:
+            return super().resize(image, type(size)(height=new_h, width=new_w), resample=resample, **kwargs)
+        out = pil.resize((new_w, new_h), resample=Image.BICUBIC if resample is None else int(resample))
+        return np.moveaxis(np.asarray(out), -1, 0)
+
+    def center_crop(self, image: np.ndarray, size, **kwargs) -> np.ndarray:
+        """torchvision's `center_crop`: offsets `round((H - h) / 2)`; smaller images are zero-padded first."""
+        th, tw = size.height, size.width
+        _, h, w = image.shape
+        if h < th or w < tw:
+            pad_h, pad_w = max(th - h, 0), max(tw - w, 0)
+            image = np.pad(image, ((0, 0), (pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2)))
+            _, h, w = image.shape
+        top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+        return image[:, top:top + th, left:left + tw]
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP byte -> printable character table (the BPE alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, extra = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + extra)
+            extra += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def bpe_vocab_and_merges(bpe_path: str | Path, num_merges: int = 49152 - 256 - 2) -> tuple[dict, list]:
+    """The vocabulary and merges open_clip's `SimpleTokenizer` derives from its gzipped BPE file."""
+    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")[1:num_merges + 1]
+    merges = [tuple(line.split()) for line in lines]
+    byte_chars = list(bytes_to_unicode().values())
+    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    tokens += ["<start_of_text>", "<end_of_text>"]
+    return {tok: i for i, tok in enumerate(tokens)}, merges
+
+
+def clip_tokenizer_from_bpe(bpe_path: str | Path, context_length: int = 76) -> CLIPTokenizer:
+    """`CLIPTokenizer` with open_clip's ids: SOT 49406, EOT 49407, `context_length` tokens.
+
+    Padding positions are rewritten to open_clip's id 0 by `CocaProcessor(text_pad_id=0)` (id 0 is also the
+    "!" token, so it cannot be the tokenizer's own pad token).
+    """
+    vocab, merges = bpe_vocab_and_merges(bpe_path)
+    return CLIPTokenizer(
+        vocab=vocab, merges=merges, bos_token="<start_of_text>", eos_token="<end_of_text>",
+        unk_token="<end_of_text>", pad_token="<end_of_text>", model_max_length=context_length,
+    )
+
+
+class CocaProcessor(ProcessorMixin):
+    """`processor(images=..., text=...)` -> `pixel_values`, `input_ids`, `attention_mask`.
+
+    Text is padded to the longest sequence (open_clip pads to the context length: pass
+    `padding="max_length"` for identical ids); captions decode with `batch_decode(..., skip_special_tokens=True)`.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, text_pad_id: int | None = None, **kwargs):
+        self.text_pad_id = text_pad_id
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    def __call__(self, images=None, text=None, **kwargs):
+        if text is not None:
+            kwargs.setdefault("padding", True)
+            kwargs.setdefault("truncation", True)
+        out = super().__call__(images=images, text=text, **kwargs)
+        if self.text_pad_id is not None and "attention_mask" in out and hasattr(out["input_ids"], "masked_fill"):
+            out["input_ids"] = out["input_ids"].masked_fill(out["attention_mask"] == 0, self.text_pad_id)
+        return out
+
+    @classmethod
+    def from_open_clip(cls, image_size: int = 224, context_length: int = 76, bpe_path: str | Path | None = None):
+        """Build from the BPE file shipped inside the installed open_clip (conversion time)."""
+        if bpe_path is None:
+            import importlib.util
+
+            spec = importlib.util.find_spec("open_clip")
+            if spec is None:
+                raise ValueError("pass bpe_path: open_clip (which ships the CLIP BPE file) is not installed")
+            bpe_path = Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz"
+        image_processor = CocaImageProcessor(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+            image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD,
+        )
+        return cls(image_processor, clip_tokenizer_from_bpe(bpe_path, context_length), text_pad_id=0)
+
+
+__all__ = ["CocaImageProcessor", "CocaProcessor", "bpe_vocab_and_merges", "clip_tokenizer_from_bpe"]

@@ -1,0 +1,193 @@
+"""open_clip CoCa -> hf_mm `CocaModel`.
+
+    python -m conversion.open_clip_coca --model coca_ViT-B-32 --checkpoint open_clip_model.safetensors \
+        --output-dir coca-vit-b-32 [--push-to-hub org/coca-vit-b-32 [--private]]
+
+`convert(reference_model)` maps every tensor of an `open_clip.coca_model.CoCa` (nothing is left unused),
+`build_config(reference_model)` reads the architecture off the module tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from hf_mm.models.coca import CocaConfig, CocaModel
+
+from .common import StateDictConverter, load_checkpoint, max_abs_diff, render_model_card, save_converted
+
+
+def _act(block) -> str:
+    return "quick_gelu" if type(block.mlp.gelu).__name__ == "QuickGELU" else "gelu"
+
+
+def _layer_scale(block) -> float | None:
+    ls = getattr(block, "ls_1", None)
+    return float(ls.gamma.detach().flatten()[0]) if ls is not None and hasattr(ls, "gamma") else None
+
+
+def build_config(ref, **overrides) -> CocaConfig:
+    """Read a `CocaConfig` off an open_clip CoCa module."""
+    text, visual, dec = ref.text, ref.visual, ref.text_decoder
+    tb, vb = text.transformer.resblocks[0], visual.transformer.resblocks[0]
+    pooler = getattr(visual, "attn_pool", None)
+    vision = dict(
+        image_size=visual.image_size[0], patch_size=visual.patch_size[0], num_channels=visual.conv1.in_channels,
+        hidden_size=visual.conv1.out_channels, num_hidden_layers=len(visual.transformer.resblocks),
+        num_attention_heads=vb.attn.num_heads, intermediate_size=vb.mlp.c_fc.out_features, hidden_act=_act(vb),
+        pre_norm=not isinstance(visual.ln_pre, torch.nn.Identity), final_norm=pooler is None,
+        layer_scale_init=_layer_scale(vb), patch_dropout=float(getattr(visual.patch_dropout, "prob", 0.0)),
+    )
+    text_cfg = dict(
+        vocab_size=text.vocab_size, hidden_size=text.width, num_hidden_layers=len(text.transformer.resblocks),
+        num_attention_heads=tb.attn.num_heads, intermediate_size=tb.mlp.c_fc.out_features, hidden_act=_act(tb),
+        layer_scale_init=_layer_scale(tb), max_position_embeddings=text.context_length,
+        padding_mask_style="open_clip" if text.correct_cls_mask else "open_clip_legacy", pad_token_id=text.pad_id,
+    )
+    for key in ("bos_token_id", "eos_token_id"):
+        if key in overrides:
+            text_cfg[key] = overrides.pop(key)
+    cfg = dict(
+        text_config=text_cfg,
+        multimodal_config=dict(num_hidden_layers=len(dec.resblocks), num_attention_heads=dec.resblocks[0].attn.num_heads),
+        vision_config=vision,
+        attn_pooler_queries=pooler.query.shape[0] if pooler is not None else 0,
+        attn_pooler_heads=pooler.attn.num_heads if pooler is not None else 8,
+        attn_pooler_dim=pooler.query.shape[1] if pooler is not None else None,
+        projection_dim=text.text_projection.shape[1],
+        logit_scale_init_value=float(ref.logit_scale.detach().exp()),
+    )
+    cfg.update(overrides)
+    return CocaConfig(**cfg)
+
+
+def _convert_mha(conv, src, dst, packed: bool):
+    """nn.MultiheadAttention -> Attention (q/k/v/o projections)."""
+    if packed:
+        for name, tensor in zip("qkv", conv.take(f"{src}.in_proj_weight").chunk(3)):
+            conv.put(f"{dst}.{name}_proj.weight", tensor)
+    else:
+        for name in "qkv":
+            conv.move(f"{src}.{name}_proj_weight", f"{dst}.{name}_proj.weight")
+    for name, tensor in zip("qkv", conv.take(f"{src}.in_proj_bias").chunk(3)):
+        conv.put(f"{dst}.{name}_proj.bias", tensor)
+    conv.move(f"{src}.out_proj.weight", f"{dst}.o_proj.weight")
+    conv.move(f"{src}.out_proj.bias", f"{dst}.o_proj.bias")
+
+
+def _convert_norm(conv, src, dst):
+    conv.move(f"{src}.weight", f"{dst}.weight")
+    conv.move(f"{src}.bias", f"{dst}.bias")
+
+
+def _convert_block(conv, src, dst):
+    """open_clip `ResidualAttentionBlock` -> `TransformerBlock` (self- or cross-attention)."""
+    _convert_norm(conv, f"{src}.ln_1", f"{dst}.norm1")
+    if conv.has(f"{src}.ln_1_kv.weight"):
+        _convert_norm(conv, f"{src}.ln_1_kv", f"{dst}.norm_context")
+    _convert_mha(conv, f"{src}.attn", f"{dst}.attn", packed=True)
+    _convert_norm(conv, f"{src}.ln_2", f"{dst}.norm2")
+    conv.move(f"{src}.mlp.c_fc.weight", f"{dst}.mlp.fc1.weight")
+    conv.move(f"{src}.mlp.c_fc.bias", f"{dst}.mlp.fc1.bias")
+    conv.move(f"{src}.mlp.c_proj.weight", f"{dst}.mlp.fc2.weight")
+    conv.move(f"{src}.mlp.c_proj.bias", f"{dst}.mlp.fc2.bias")
+    for i in (1, 2):
+        if conv.has(f"{src}.ls_{i}.gamma"):
+            conv.move(f"{src}.ls_{i}.gamma", f"{dst}.ls{i}.gamma")
+
+
+def convert_state_dict(conv: StateDictConverter, config: CocaConfig) -> None:
+    t = config.text_config
+    conv.move("logit_scale", "logit_scale.logit_scale", lambda x: x.reshape(()))
+    # text tower
+    conv.move("text.token_embedding.weight", "text_model.embed_tokens.weight")
+    conv.move("text.cls_emb", "text_model.cls_embedding")
+    conv.move("text.positional_embedding", "text_model.position_embedding")
+    for i in range(t.num_hidden_layers):
+        _convert_block(conv, f"text.transformer.resblocks.{i}", f"text_model.layers.{i}")
+    _convert_norm(conv, "text.ln_final", "text_model.cls_norm")
+    conv.move("text.text_projection", "text_projection.weight", lambda p: p.t())
+    # vision tower
+    conv.move("visual.conv1.weight", "vision_model.patch_embedding.proj.weight")
+    conv.move("visual.class_embedding", "vision_model.class_embedding")
+    conv.move("visual.positional_embedding", "vision_model.position_embedding")
+    if config.vision_config.pre_norm:
+        _convert_norm(conv, "visual.ln_pre", "vision_model.pre_norm")
+    for i in range(config.vision_config.num_hidden_layers):
+        _convert_block(conv, f"visual.transformer.resblocks.{i}", f"vision_model.layers.{i}")
+    if config.attn_pooler_queries:
+        conv.move("visual.attn_pool.query", "attn_pool.query")
+        _convert_mha(conv, "visual.attn_pool.attn", "attn_pool.attn",
+                     packed=conv.has("visual.attn_pool.attn.in_proj_weight"))
+        _convert_norm(conv, "visual.attn_pool.ln_q", "attn_pool.norm_query")
+        _convert_norm(conv, "visual.attn_pool.ln_k", "attn_pool.norm_context")
+        _convert_norm(conv, "visual.ln_post", "pooler_norm")
+    else:
+        _convert_norm(conv, "visual.ln_post", "vision_model.final_norm")
+    conv.move("visual.proj", "visual_projection.weight", lambda p: p.t())
+    # multimodal decoder
+    for i in range(config.multimodal_config.num_hidden_layers):
+        _convert_block(conv, f"text_decoder.resblocks.{i}", f"decoder_layers.{i}.self_block")
+        _convert_block(conv, f"text_decoder.cross_attn.{i}", f"decoder_layers.{i}.cross_block")
+    _convert_norm(conv, "text_decoder.ln_final", "decoder_norm")
+    conv.move("text_decoder.text_projection", "lm_head.weight", lambda p: p.t())
+
+
+def convert(reference_model, **config_overrides) -> CocaModel:
+    """open_clip `CoCa` module -> `CocaModel` in eval mode, every source tensor accounted for."""
+    config = build_config(reference_model, **config_overrides)
+    conv = StateDictConverter(reference_model.state_dict())
+    convert_state_dict(conv, config)
+    model = CocaModel(config)
+    return conv.finish(model)
+
+
+@torch.no_grad()
+def verify(reference_model, model: CocaModel, image_size: int, vocab_size: int, seed: int = 0) -> dict:
+    """Max abs differences of every output on random inputs (fp32), reference vs hf_mm."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(2, 3, image_size, image_size, generator=g)
+    text = torch.randint(1, vocab_size, (2, min(12, model.config.text_config.max_position_embeddings)), generator=g)
+    text[1, -3:] = model.config.text_config.pad_token_id
+    reference_model.eval()
+    ref = reference_model(images, text, output_labels=False)
+    ours = model(input_ids=text, pixel_values=images, attention_mask=(text != model.config.text_config.pad_token_id).long())
+    return {
+        "image_embeds": max_abs_diff(ref["image_features"], ours.image_embeds),
+        "text_embeds": max_abs_diff(ref["text_features"], ours.text_embeds),
+        "caption_logits": max_abs_diff(ref["logits"], ours.logits),
+        "logit_scale": abs(float(ref["logit_scale"]) - float(model.logit_scale())),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="open_clip architecture name, e.g. coca_ViT-B-32")
+    parser.add_argument("--checkpoint", help="open_clip weights (.safetensors, or .pt/.bin loaded weights_only)")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--push-to-hub", help="Hub repo id to upload the converted model to")
+    parser.add_argument("--private", action="store_true")
+    args = parser.parse_args(argv)
+
+    import open_clip  # the reference library: a conversion-time dependency only
+
+    reference = open_clip.create_model(args.model, pretrained=None)
+    if args.checkpoint:
+        reference.load_state_dict(load_checkpoint(args.checkpoint), strict=True)
+    model = convert(reference)
+    report = verify(reference, model, model.config.vision_config.image_size, model.config.text_config.vocab_size)
+    print("max abs diff vs open_clip:", report)
+    from hf_mm.models.coca.processing_coca import CocaProcessor
+
+    processor = CocaProcessor.from_open_clip(image_size=model.config.vision_config.image_size,
+                                             context_length=model.config.text_config.max_position_embeddings)
+    card = render_model_card(
+        "coca.md", model_name=args.model, source=f"open_clip `{args.model}`", parity=report,
+        repo_id=args.push_to_hub or args.output_dir,
+    )
+    save_converted(model, args.output_dir, processor, card, report, args.push_to_hub, args.private)
+
+
+if __name__ == "__main__":
+    main()
