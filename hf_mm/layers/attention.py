@@ -10,6 +10,7 @@ from torch import nn
 from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .norms import LayerNorm
 from .rotary import apply_rotary
 
 
@@ -46,6 +47,7 @@ class Attention(nn.Module):
     - `num_kv_heads=1` is multi-query attention (PaLM / lucidrains); `num_kv_heads=num_heads` is MHA.
     - `kv_dim` sets the width of the key/value source (cross-attention to image tokens of another width).
     - Rotary angles (from `RotaryEmbedding`) rotate q and k, and v too when `rotate_values`.
+    - `out_norm=True` adds a LayerNorm after `o_proj` (x-clip's `to_out = Linear + LayerNorm`).
     - Self-attention appends its K/V to the `Cache` at `layer_idx`; cross-attention stores its K/V once in
       the cross-attention half of an `EncoderDecoderCache` and reuses them on later steps.
 
@@ -68,6 +70,9 @@ class Attention(nn.Module):
         rotary_interleaved: bool = False,
         rotate_values: bool = False,
         dropout: float = 0.0,
+        out_norm: bool = False,
+        norm_eps: float = 1e-5,
+        norm_bias: bool = True,
     ):
         super().__init__()
         num_kv_heads = num_kv_heads or num_heads
@@ -87,6 +92,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(kv_dim, num_kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(kv_dim, num_kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(num_heads * head_dim, dim, bias=out_bias)
+        # x-clip's `to_out = Linear + LayerNorm`: a norm on the attention output, before the residual
+        self.o_norm = LayerNorm(dim, eps=norm_eps, bias=norm_bias) if out_norm else None
 
     def _split_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         return x.view(*x.shape[:-1], heads, self.head_dim).transpose(1, 2)  # b n (h d) -> b h n d
@@ -129,7 +136,8 @@ class Attention(nn.Module):
             dropout=self.dropout if self.training else 0.0,
             is_causal=self.is_causal and attention_mask is None,
         )
-        return self.o_proj(out.reshape(*hidden_states.shape[:-1], -1))
+        out = self.o_proj(out.reshape(*hidden_states.shape[:-1], -1))
+        return self.o_norm(out) if self.o_norm is not None else out
 
     def context_is_cached(self, past_key_values) -> bool:
         """True when this cross-attention's K/V are already stored in `past_key_values`."""

@@ -3,7 +3,8 @@
 - `TransformerBlock`: pre-norm, serial (`x + attn(norm1(x))`, then `x + mlp(norm2(x))`) as in CLIP /
   open_clip / ViT, or parallel (`x + attn(norm1(x)) + mlp(norm1(x))`) as in PaLM / GPT-J. The attention is
   self-attention (optionally causal, rotary) or cross-attention to a context (`norm_context` on it).
-  Optional layer scale on each branch.
+  Optional layer scale on each branch. `attn_out_norm` / `mlp_inner_norm` add x-clip's LayerNorms after
+  the attention output projection and inside the (gated) MLP.
 - `AttentionalPooler`: learned queries cross-attend to tokens (CoCa's image pooling).
 """
 
@@ -28,9 +29,11 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
-def make_mlp(dim, hidden_dim, act, gated, bias, norm_eps=1e-5):
+def make_mlp(dim, hidden_dim, act, gated, bias, norm_eps=1e-5, inner_norm=False):
     if gated:
-        return GatedMLP(dim, hidden_dim, act=act, bias=bias, norm_eps=norm_eps)
+        return GatedMLP(dim, hidden_dim, act=act, bias=bias, norm_eps=norm_eps, inner_norm=inner_norm)
+    if inner_norm:
+        raise ValueError("mlp_inner_norm is only supported with gated_mlp=True")
     return MLP(dim, hidden_dim, act=act, bias=bias)
 
 
@@ -62,6 +65,8 @@ class TransformerBlock(GradientCheckpointingLayer):
         layer_idx: int | None = None,
         rotary_interleaved: bool = False,
         rotate_values: bool = False,
+        attn_out_norm: bool = False,
+        mlp_inner_norm: bool = False,
     ):
         super().__init__()
         self.parallel = parallel
@@ -74,10 +79,11 @@ class TransformerBlock(GradientCheckpointingLayer):
             num_kv_heads=num_kv_heads, kv_dim=context_dim, is_cross_attention=cross_attention, is_causal=causal,
             qkv_bias=qkv_bias, out_bias=out_bias, layer_idx=layer_idx,
             rotary_interleaved=rotary_interleaved, rotate_values=rotate_values,
+            out_norm=attn_out_norm, norm_eps=norm_eps, norm_bias=norm_bias,
         )
         self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
         self.norm2 = None if parallel else LayerNorm(dim, eps=norm_eps, bias=norm_bias)
-        self.mlp = make_mlp(dim, mlp_dim, mlp_act, gated_mlp, mlp_bias, norm_eps)
+        self.mlp = make_mlp(dim, mlp_dim, mlp_act, gated_mlp, mlp_bias, norm_eps, inner_norm=mlp_inner_norm)
         self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
 
     def forward(

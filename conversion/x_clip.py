@@ -1,0 +1,221 @@
+"""Convert lucidrains' `x_clip.CLIP` (x-clip 0.14.4) into `hf_mm.models.x_clip.XClipModel`.
+
+    python -m conversion.x_clip --reference-config clip_kwargs.json --checkpoint clip.pt --output-dir out/ \
+        [--push-to-hub user/repo] [--private]
+
+`clip_kwargs.json` holds the keyword arguments the checkpoint's `x_clip.CLIP` was built with. Every tensor
+of the source state dict is consumed: mapped, verified as an alias of the module it duplicates (x-clip
+registers its towers again under `mlm.` / `visual_ssl.`), or dropped with a reason (the `*_extra`
+projections x-clip always creates, unused unless `extra_latent_projection=True`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+import torch
+
+from hf_mm.layers.rotary import RotaryEmbedding
+from hf_mm.models.x_clip import XClipConfig, XClipModel
+
+from .common import StateDictConverter, load_checkpoint, max_abs_diff, render_model_card, save_converted
+
+
+def _tower_shape(transformer) -> dict:
+    """Depth, heads, head_dim and mlp ratio of an x-clip `Transformer`."""
+    attn, ff = transformer.layers[0][0].fn, transformer.layers[0][1].fn
+    dim = attn.to_out[0].out_features
+    return dict(
+        hidden_size=dim, num_hidden_layers=len(transformer.layers), num_attention_heads=attn.heads,
+        head_dim=attn.to_qkv.out_features // 3 // attn.heads, mlp_ratio=ff.net[0].out_features / 2 / dim,
+    )
+
+
+def config_from_reference(clip) -> XClipConfig:
+    """Read the hyper-parameters of a built-in-tower `x_clip.CLIP` from its modules."""
+    from x_clip.visual_ssl import SimCLR, SimSiam
+
+    text, vision = clip.text_transformer, clip.visual_transformer
+    if type(text).__name__ != "TextTransformer" or type(vision).__name__ != "VisionTransformer":
+        raise ValueError("only x-clip's built-in TextTransformer / VisionTransformer can be converted")
+    use_mlm = hasattr(clip, "mlm")
+    attn = text.transformer.layers[0][0].fn
+    text_config = dict(
+        _tower_shape(text.transformer), vocab_size=text.token_emb.num_embeddings - int(use_mlm),
+        max_position_embeddings=clip.text_seq_len, causal=attn.causal,
+        position_embedding_type="rotary" if text.rotary_pos_emb is not None else "absolute",
+        pad_token_id=clip.text_pad_id, eos_token_id=clip.text_eos_id,
+    )
+    if text.rotary_pos_emb is not None:
+        text_config["rotary_dim"] = 2 * text.rotary_pos_emb.inv_freq.shape[0]
+    patch_dim = vision.to_tokens[1].in_features
+    vision_config = dict(
+        _tower_shape(vision.transformer), image_size=clip.image_size, num_channels=clip.image_channels,
+        patch_size=int(round((patch_dim / clip.image_channels) ** 0.5)), patch_dropout=vision.patch_dropout.prob,
+    )
+    kwargs = dict(
+        text_config=text_config, vision_config=vision_config, projection_dim=clip.dim_latent,
+        logit_scale_init_value=float(clip.temperature.detach()),
+        text_has_cls_token=clip.text_has_cls_token, visual_has_cls_token=clip.visual_has_cls_token,
+        text_encode_without_mask=clip.text_encode_without_mask, use_all_token_embeds=clip.use_all_token_embeds,
+        downsample_image_embeds=isinstance(clip.to_visual_latent, torch.nn.Sequential),
+        decoupled_contrastive_learning=clip.decoupled_contrastive_learning,
+        extra_latent_projection=clip.extra_latent_projection, use_mlm=use_mlm,
+        text_ssl_loss_weight=clip.text_ssl_loss_weight if use_mlm else 0.05,
+        multiview_loss_weight=clip.multiview_loss_weight, sim_reg_loss_weight=clip.sim_reg_loss_weight,
+    )
+    if use_mlm:
+        mlm = clip.mlm
+        kwargs.update(mlm_mask_prob=mlm.mask_prob, mlm_replace_prob=mlm.replace_prob,
+                      mlm_random_token_prob=mlm.random_token_prob, mlm_mask_token_id=mlm.mask_token_id,
+                      mlm_mask_ignore_token_ids=sorted(mlm.mask_ignore_token_ids - {mlm.pad_token_id}))
+    if getattr(clip, "use_visual_ssl", False):
+        ssl = clip.visual_ssl
+        if not isinstance(ssl, (SimSiam, SimCLR)):
+            raise ValueError(f"custom visual_ssl modules ({type(ssl).__name__}) cannot be converted")
+        wrapper = ssl.online_encoder if isinstance(ssl, SimSiam) else ssl.net
+        kwargs.update(
+            use_visual_ssl=True, visual_ssl_type="simsiam" if isinstance(ssl, SimSiam) else "simclr",
+            visual_ssl_hidden_layer=wrapper.layer, visual_ssl_projection_size=wrapper.projection_size,
+            visual_ssl_projection_hidden_size=wrapper.projection_hidden_size,
+            image_ssl_loss_weight=clip.image_ssl_loss_weight,
+        )
+        if isinstance(ssl, SimCLR):
+            kwargs.update(simclr_temperature=ssl.temperature, simclr_augment_both=ssl.augment_both)
+    return XClipConfig(**kwargs)
+
+
+def _convert_transformer(conv: StateDictConverter, src: str, dst: str, depth: int) -> None:
+    conv.move(f"{src}.norm_in.g", f"{dst}.norm_in.weight")
+    conv.move(f"{src}.norm_out.g", f"{dst}.norm_out.weight")
+    for i in range(depth):
+        s, d = f"{src}.layers.{i}", f"{dst}.layers.{i}"
+        conv.move(f"{s}.0.norm.g", f"{d}.norm1.weight")
+        for name, part in zip(("q", "k", "v"), conv.take(f"{s}.0.fn.to_qkv.weight").chunk(3, dim=0)):
+            conv.put(f"{d}.attn.{name}_proj.weight", part)
+        conv.move(f"{s}.0.fn.to_out.0.weight", f"{d}.attn.o_proj.weight")
+        conv.move(f"{s}.0.fn.to_out.1.g", f"{d}.attn.o_norm.weight")
+        conv.move(f"{s}.1.norm.g", f"{d}.norm2.weight")
+        conv.move(f"{s}.1.fn.net.0.weight", f"{d}.mlp.fc1.weight")
+        conv.move(f"{s}.1.fn.net.2.g", f"{d}.mlp.inner_norm.weight")
+        conv.move(f"{s}.1.fn.net.4.weight", f"{d}.mlp.fc2.weight")
+
+
+def _convert_visual_latent(conv, src: str, dst: str, downsample: bool) -> None:
+    if downsample:
+        conv.move(f"{src}.1.weight", f"{dst}.depthwise.weight")
+        conv.move(f"{src}.2.weight", f"{dst}.pointwise.weight")
+        conv.move(f"{src}.2.bias", f"{dst}.pointwise.bias")
+    else:
+        conv.move(f"{src}.weight", f"{dst}.weight")
+
+
+def _convert_mlp(conv, src: str, dst: str, layout: dict[int, str]) -> None:
+    """nn.Sequential of Linear / BatchNorm1d -> named modules; BatchNorm buffers move too."""
+    for index, name in layout.items():
+        for key in conv.keys_matching(re.escape(f"{src}.{index}.") + r"[a-z_]+"):
+            conv.move(key, f"{dst}.{name}.{key.rsplit('.', 1)[1]}")
+
+
+def _alias_tower(conv, prefix: str, tower: str) -> None:
+    """x-clip re-registers a tower under another prefix (`mlm.transformer`, `visual_ssl.net`, ...)."""
+    for key in conv.keys_matching(re.escape(prefix + ".") + ".*"):
+        conv.alias(key, tower + key[len(prefix):])
+
+
+def convert(reference_model) -> XClipModel:
+    """`x_clip.CLIP` -> `XClipModel` with identical weights (fp32, eval mode)."""
+    config = config_from_reference(reference_model)
+    model = XClipModel(config)
+    conv = StateDictConverter(reference_model.state_dict())
+    t_cfg, v_cfg = config.text_config, config.vision_config
+    conv.move("temperature", "logit_scale.logit_scale")
+    if not t_cfg.causal:
+        conv.move("text_transformer.cls_token", "text_model.cls_token")
+    conv.move("text_transformer.token_emb.weight", "text_model.embed_tokens.weight")
+    if t_cfg.position_embedding_type == "absolute":
+        conv.move("text_transformer.abs_pos_emb.weight", "text_model.position_embedding.weight")
+    else:
+        conv.check_buffer("text_transformer.rotary_pos_emb.inv_freq", RotaryEmbedding.compute_inv_freq(t_cfg.rotary_dim))
+    _convert_transformer(conv, "text_transformer.transformer", "text_model.encoder", t_cfg.num_hidden_layers)
+    conv.move("visual_transformer.to_tokens.1.weight", "vision_model.patch_embedding.weight")
+    conv.move("visual_transformer.to_tokens.1.bias", "vision_model.patch_embedding.bias")
+    conv.move("visual_transformer.pos_emb.weight", "vision_model.position_embedding.weight")
+    conv.move("visual_transformer.to_cls_tokens.1.weight", "vision_model.cls_projection.weight")
+    _convert_transformer(conv, "visual_transformer.transformer", "vision_model.encoder", v_cfg.num_hidden_layers)
+    conv.move("to_text_latent.weight", "text_projection.weight")
+    _convert_visual_latent(conv, "to_visual_latent", "visual_projection", config.downsample_image_embeds)
+    if config.extra_latent_projection:
+        conv.move("to_text_latent_extra.weight", "text_projection_extra.weight")
+        _convert_visual_latent(conv, "to_visual_latent_extra", "visual_projection_extra", config.downsample_image_embeds)
+    else:  # x-clip always creates the CLOOB projections; without the option they are never used
+        for key in conv.keys_matching(r"to_(text|visual)_latent_extra\..*"):
+            conv.take(key)
+    if config.use_mlm:
+        conv.move("mlm.to_logits.weight", "mlm.lm_head.weight")
+        conv.move("mlm.to_logits.bias", "mlm.lm_head.bias")
+        _alias_tower(conv, "mlm.transformer", "text_transformer")
+    if config.use_visual_ssl:
+        projector = {0: "fc1", 1: "bn1", 3: "fc2", 4: "bn2", 6: "fc3", 7: "bn3"}
+        if config.visual_ssl_type == "simsiam":
+            _alias_tower(conv, "visual_ssl.net", "visual_transformer")
+            _alias_tower(conv, "visual_ssl.online_encoder.net", "visual_transformer")
+            _convert_mlp(conv, "visual_ssl.online_encoder.projector", "visual_ssl.projector", projector)
+            _convert_mlp(conv, "visual_ssl.online_predictor", "visual_ssl.predictor", {0: "fc1", 1: "bn1", 3: "fc2"})
+        else:
+            _alias_tower(conv, "visual_ssl.net.net", "visual_transformer")
+            _convert_mlp(conv, "visual_ssl.net.projector", "visual_ssl.projector", projector)
+    return conv.finish(model)
+
+
+def parity_report(reference_model, model: XClipModel, batch: int = 2, seed: int = 0) -> dict:
+    """Max abs differences of latents and eval similarities on random inputs."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, cfg.text_config.vocab_size, (batch, cfg.text_config.max_position_embeddings), generator=g)
+    if cfg.text_config.causal:
+        ids[:, -1] = cfg.text_config.eos_token_id
+    s = cfg.vision_config.image_size
+    pixels = torch.randn(batch, cfg.vision_config.num_channels, s, s, generator=g)
+    reference_model.eval()
+    model.eval()
+    with torch.no_grad():
+        ref = reference_model(ids, pixels, return_latents=True)
+        ours = model(ids, pixels)
+    return {
+        "text_embeds": max_abs_diff(ref[0], ours.text_embeds),
+        "image_embeds": max_abs_diff(ref[1], ours.image_embeds),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference-config", required=True, help="JSON file of x_clip.CLIP keyword arguments")
+    parser.add_argument("--checkpoint", required=True, help="x-clip state dict (.pt/.bin with weights only, or .safetensors)")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--push-to-hub", default=None)
+    parser.add_argument("--private", action="store_true")
+    args = parser.parse_args(argv)
+    from x_clip import CLIP
+
+    with open(args.reference_config) as f:
+        reference_kwargs = json.load(f)
+    reference = CLIP(**reference_kwargs)
+    reference.load_state_dict(load_checkpoint(args.checkpoint))
+    model = convert(reference)
+    report = parity_report(reference, model)
+    if max(report.values()) > 1e-4:
+        raise SystemExit(f"parity check failed: {report}")
+    card = render_model_card(
+        "x_clip.md", model_id=args.push_to_hub or args.output_dir,
+        num_parameters=f"{model.num_parameters():,}", parity=json.dumps(report),
+        options=", ".join(k for k, v in reference_kwargs.items() if v is True) or "none",
+    )
+    out = save_converted(model, args.output_dir, card=card, report=report, push_to_hub=args.push_to_hub, private=args.private)
+    print(f"saved {out}: {report}")
+
+
+if __name__ == "__main__":
+    main()
