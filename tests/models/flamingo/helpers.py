@@ -59,3 +59,32 @@ def media_prompt(name: str, batch: int, length: int, media_positions, seed: int 
 def pixels(name: str, *leading, seed: int = 0) -> torch.Tensor:
     size = REFERENCE_CONFIGS[name]["vit"]["image_size"]
     return torch.randn(*leading, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def tiny_config(**overrides):
+    from hf_mm.models.flamingo import FlamingoConfig
+
+    kwargs = dict(
+        vision_config=dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           head_dim=16, intermediate_size=64, patch_embedding_type="linear", patch_bias=True,
+                           final_norm=True, pre_norm=False, qkv_bias=False),
+        perceiver_config=dict(num_latents=4, num_hidden_layers=1, num_attention_heads=2, head_dim=16,
+                              max_video_frames=3),
+        text_config=dict(vocab_size=40, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, head_dim=16),
+        media_token_id=3, cross_attn_every=2,
+    )
+    kwargs.update(overrides)
+    return FlamingoConfig(**kwargs)
+
+
+def tiny_model(seed: int = 0, **overrides):
+    """A random tiny Flamingo with open (non-zero) gates, in eval mode."""
+    from hf_mm.models.flamingo import FlamingoForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = FlamingoForConditionalGeneration(tiny_config(**overrides)).eval()
+    with torch.no_grad():
+        for block in model.model.cross_attn_layers.values():
+            block.attn_gate.fill_(0.8)
+            block.ff_gate.fill_(0.6)
+    return model

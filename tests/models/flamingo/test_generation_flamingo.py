@@ -1,0 +1,166 @@
+"""Native generate(): cached == uncached, media encoded once, masks grow with the sequence."""
+
+import pytest
+import torch
+from transformers import TextIteratorStreamer
+
+from .helpers import tiny_model
+
+MEDIA = 3
+
+
+def _ids(batch, length, media_positions, seed=0):
+    ids = torch.randint(4, 40, (batch, length), generator=torch.Generator().manual_seed(seed))
+    ids[:, list(media_positions)] = MEDIA
+    return ids
+
+
+def _px(*leading, seed=1):
+    return torch.randn(*leading, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def _gen(model, **kw):
+    kw.setdefault("max_new_tokens", 6)
+    kw.setdefault("min_new_tokens", 6)
+    return model.generate(pad_token_id=0, eos_token_id=None, **kw)
+
+
+@pytest.mark.parametrize("num_media", [1, 3])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_cached_equals_uncached(model, num_media, num_beams):
+    positions = [1, 5, 8][:num_media]
+    kw = dict(input_ids=_ids(2, 10, positions), pixel_values=_px(2, num_media), num_beams=num_beams, do_sample=False)
+    cached = _gen(model, **kw)
+    assert torch.equal(cached, _gen(model, use_cache=False, **kw))
+
+
+def test_cached_equals_uncached_videos(model):
+    kw = dict(input_ids=_ids(2, 9, [0, 4]), pixel_values=_px(2, 2, 3), do_sample=False)
+    assert torch.equal(_gen(model, **kw), _gen(model, use_cache=False, **kw))
+
+
+def test_left_padding_in_a_batch(model):
+    long, short = _ids(1, 10, [2, 6], seed=4), _ids(1, 7, [1, 4], seed=5)
+    ids = torch.cat((long, torch.cat((torch.zeros(1, 3, dtype=torch.long), short), dim=1)))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    px = _px(2, 2)
+    for beams in (1, 2):
+        kw = dict(input_ids=ids, attention_mask=mask, pixel_values=px, num_beams=beams, do_sample=False)
+        batched = _gen(model, **kw)
+        assert torch.equal(batched, _gen(model, use_cache=False, **kw))
+    alone = _gen(model, input_ids=short, pixel_values=px[1:], do_sample=False)
+    greedy = _gen(model, input_ids=ids, attention_mask=mask, pixel_values=px, do_sample=False)
+    assert torch.equal(greedy[1, 10:], alone[0, 7:])
+
+
+def test_media_encoded_once_per_call(model, monkeypatch):
+    calls = []
+    original = model.model.get_media_latents
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model.model, "get_media_latents", counting)
+    kw = dict(input_ids=_ids(2, 8, [1]), pixel_values=_px(2, 1), do_sample=False)
+    _gen(model, **kw)
+    _gen(model, use_cache=False, **kw)
+    _gen(model, num_beams=2, **kw)
+    assert len(calls) == 3
+
+
+def test_cross_attention_kv_projected_once(model, monkeypatch):
+    calls = []
+    attn = model.model.cross_attn_layers["0"].attn
+    original = attn.project_key_value
+    monkeypatch.setattr(attn, "project_key_value", lambda ctx: (calls.append(ctx.shape), original(ctx))[1])
+    _gen(model, input_ids=_ids(2, 8, [1]), pixel_values=_px(2, 1), do_sample=False)
+    assert len(calls) == 1
+
+
+def test_new_tokens_attend_latest_media(model):
+    """Generated tokens must see the last medium: changing only that image changes the continuation logits."""
+    ids = _ids(1, 8, [1, 5])
+    px = _px(1, 2)
+    px2 = px.clone()
+    px2[:, 1] = _px(1, 1, seed=9)[:, 0]
+    out1 = model.generate(input_ids=ids, pixel_values=px, max_new_tokens=3, do_sample=False,
+                          output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+    out2 = model.generate(input_ids=ids, pixel_values=px2, max_new_tokens=3, do_sample=False,
+                          output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+    assert not torch.allclose(out1.scores[1], out2.scores[1])
+    # the step logits equal a full recompute over the whole sequence (growing media_time, not a stale mask)
+    full = model(input_ids=out1.sequences, pixel_values=px).logits
+    for step, scores in enumerate(out1.scores):
+        torch.testing.assert_close(scores, full[:, 7 + step], atol=1e-5, rtol=1e-5)
+
+
+def test_text_to_media_mask():
+    from hf_mm.models.flamingo.cross_attention import media_time_from_ids, text_to_media_mask
+
+    ids = torch.tensor([[5, 3, 6, 3, 7]])
+    time = media_time_from_ids(ids, 3)
+    assert time.tolist() == [[0, 1, 1, 2, 2]]
+    mask, attends = text_to_media_mask(time, num_media=2, num_latents=2, only_immediate=True)
+    assert attends[0, :, 0].tolist() == [False, True, True, True, True]
+    assert mask[0, 0].int().tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+    mask, _ = text_to_media_mask(time, num_media=2, num_latents=2, only_immediate=False)
+    assert mask[0, 0, 3].int().tolist() == [1, 1, 1, 1]
+
+
+def test_text_before_first_media_attends_nothing_without_nan():
+    ids, px = _ids(2, 8, [6]), _px(2, 1)
+    for immediate in (True, False):
+        model = tiny_model(only_attend_immediate_media=immediate)
+        closed = tiny_model(only_attend_immediate_media=immediate)
+        for block in closed.model.cross_attn_layers.values():
+            block.attn_gate.data.zero_()  # cross-attention output removed, gated feed-forward kept
+        with torch.no_grad():
+            logits = model(input_ids=ids, pixel_values=px).logits
+            reference = closed(input_ids=ids, pixel_values=px).logits
+        assert torch.isfinite(logits).all()
+        # positions before the media token receive nothing from the cross-attention
+        torch.testing.assert_close(logits[:, :6], reference[:, :6], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(logits[:, 6:], reference[:, 6:], atol=1e-3)
+
+
+def test_sampling_cached_equals_uncached(model):
+    kw = dict(input_ids=_ids(2, 8, [1, 4]), pixel_values=_px(2, 2), do_sample=True, top_k=10, top_p=0.9,
+              temperature=0.8, repetition_penalty=1.3)
+    torch.manual_seed(7)
+    a = _gen(model, **kw)
+    torch.manual_seed(7)
+    b = _gen(model, use_cache=False, **kw)
+    assert torch.equal(a, b)
+
+
+def test_repetition_penalty(model):
+    kw = dict(input_ids=_ids(1, 8, [1]), pixel_values=_px(1, 1), do_sample=False, max_new_tokens=10,
+              min_new_tokens=10)
+    plain, penalised = _gen(model, **kw), _gen(model, repetition_penalty=5.0, **kw)
+    assert torch.equal(penalised, _gen(model, repetition_penalty=5.0, use_cache=False, **kw))
+    repeats = [10 - len(set(seq[0, 8:].tolist())) for seq in (plain, penalised)]
+    assert repeats[1] < repeats[0], repeats
+
+
+def test_streamer_receives_every_token(model):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({f"w{i}": i for i in range(40)},
+                                                                                unk_token="w0")))
+    streamer = TextIteratorStreamer(tok)
+    out = _gen(model, input_ids=_ids(1, 6, [1]), pixel_values=_px(1, 1), do_sample=False, streamer=streamer)
+    text = "".join(streamer)
+    assert text.split() == [f"w{i}" for i in out[0].tolist()]
+
+
+def test_text_only_generate(model):
+    kw = dict(input_ids=_ids(2, 6, []), do_sample=False)
+    assert torch.equal(_gen(model, **kw), _gen(model, use_cache=False, **kw))
