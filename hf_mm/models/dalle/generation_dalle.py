@@ -1,0 +1,144 @@
+"""Image-token sampling for DALL-E with transformers' `generate()`.
+
+- `ImageVocabularyLogitsProcessor` restricts sampling to the image codes of the unified vocabulary;
+- `filter_thres` keeps the top `max(int((1 - filter_thres) * V), 1)` logits (dalle-pytorch's `top_k`);
+- `cond_scale` runs the null-text branch in the same batched, cached forward (see `DalleForImageGeneration`);
+- priming: the first `num_init_img_tokens` codes of `init_image` are appended to the prompt;
+- `generate_images` decodes with the dVAE, optionally reranks with a contrastive model, and returns PIL images.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import LogitsProcessor, LogitsProcessorList
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import ModelOutput
+
+
+class ImageVocabularyLogitsProcessor(LogitsProcessor):
+    """Sets every logit outside `[start, end)` to -inf. `scores (b, V) -> (b, V)`."""
+
+    def __init__(self, start: int, end: int):
+        self.start, self.end = start, end
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        keep = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+        keep[self.start : self.end] = True
+        return scores.masked_fill(~keep, float("-inf"))
+
+
+@dataclass
+class DalleImageGenerationOutput(ModelOutput):
+    """
+    image_ids: `(b, fmap**2)` sampled codebook indices.
+    pixel_values: `(b, c, H, W)` dVAE decodings (normalised image space).
+    images: the decodings as PIL images.
+    scores: `(b,)` reranker similarity (batch sorted best first) when a reranker was given.
+    """
+
+    image_ids: torch.LongTensor | None = None
+    pixel_values: torch.FloatTensor | None = None
+    images: list | None = None
+    scores: torch.FloatTensor | None = None
+
+
+class DalleGenerationMixin:
+    """generate() / generate_images() / decode_image_tokens() of `DalleForImageGeneration`."""
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        # token-shift history needs slots beyond num_hidden_layers: a lazily grown cache
+        if (model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False
+                and generation_config.cache_implementation in (None, "dynamic")):
+            model_kwargs["past_key_values"] = DynamicCache()
+            return
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
+    def _reorder_cache(self, past_key_values, beam_idx):
+        if past_key_values.layers and past_key_values.layers[0].keys.shape[0] == 2 * beam_idx.shape[0]:
+            beam_idx = torch.cat((beam_idx, beam_idx + beam_idx.shape[0]))  # guided: null rows follow
+        past_key_values.reorder_cache(beam_idx)
+        return past_key_values
+
+    def image_prompt_codes(self, init_image: torch.Tensor, num_init_img_tokens: int | None) -> torch.Tensor:
+        """First codes of `init_image (b, c, H, W)` as unified ids `(b, k)` (dalle-pytorch default k = 0.4375 N)."""
+        n = self.config.image_seq_len
+        k = int(0.4375 * n) if num_init_img_tokens is None else num_init_img_tokens
+        if not 0 < k < n:
+            raise ValueError(f"num_init_img_tokens must be in (0, {n}), got {k}")
+        return self.vae.get_codebook_indices(init_image)[:, :k] + self.config.text_vocab_size
+
+    def generate(self, input_ids=None, generation_mode: str = "image", filter_thres: float | None = 0.5,
+                 cond_scale: float = 1.0, init_image=None, num_init_img_tokens=None, logits_processor=None,
+                 **kwargs):
+        """Sample image codes for `input_ids (b, text_seq_len)` text ids (0 = padding).
+
+        Returns `(b, fmap**2)` codebook indices (the `sequences` field when `return_dict_in_generate`).
+        `filter_thres` in [0, 1) sets `top_k`; sampling is on by default (pass `do_sample=False` for greedy).
+        """
+        if generation_mode != "image":
+            raise ValueError(f"generation_mode must be 'image' (DALL-E only outputs images), got {generation_mode!r}")
+        config = self.config
+        if filter_thres is not None:
+            if not 0 <= filter_thres < 1:
+                raise ValueError(f"filter_thres must be in [0, 1), got {filter_thres}")
+            kwargs.setdefault("top_k", max(int((1 - filter_thres) * config.vocab_size), 1))
+        kwargs.setdefault("do_sample", True)
+        if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] != config.text_seq_len:
+            raise ValueError(f"input_ids must have shape (batch, text_seq_len={config.text_seq_len}), got "
+                             f"{None if input_ids is None else tuple(input_ids.shape)}")
+        if init_image is not None:
+            input_ids = torch.cat((input_ids, self.image_prompt_codes(init_image, num_init_img_tokens)), dim=1)
+        new_tokens = config.text_seq_len + config.image_seq_len - input_ids.shape[1]
+        kwargs["max_new_tokens"] = kwargs["min_new_tokens"] = new_tokens
+        processors = LogitsProcessorList(logits_processor or [])
+        processors.append(ImageVocabularyLogitsProcessor(config.text_vocab_size, config.vocab_size))
+        if cond_scale != 1:
+            kwargs["cond_scale"] = cond_scale
+        out = super().generate(input_ids=input_ids, logits_processor=processors, **kwargs)
+        sequences = out if isinstance(out, torch.Tensor) else out.sequences
+        codes = sequences[:, -config.image_seq_len :] - config.text_vocab_size
+        if isinstance(out, torch.Tensor):
+            return codes
+        out.sequences = codes
+        return out
+
+    def decode_image_tokens(self, image_ids: torch.LongTensor) -> torch.FloatTensor:
+        """`(b, fmap**2)` codebook indices -> `(b, c, H, W)` images via the dVAE (normalised space)."""
+        return self.vae.decode(image_ids)
+
+    @torch.no_grad()
+    def generate_images(self, input_ids, reranker=None, reranker_input_ids=None, **generate_kwargs):
+        """`generate()` + dVAE decoding + PIL conversion; `reranker` is any model with `get_text_features`
+        and `get_image_features` (x-clip CLIP, transformers CLIP): the batch is sorted by cosine similarity of
+        each image with its text (`reranker_input_ids`, default `input_ids`)."""
+        from .processing_dalle import to_pil_images
+
+        image_ids = self.generate(input_ids, **generate_kwargs)
+        pixel_values = self.decode_image_tokens(image_ids)
+        scores = None
+        if reranker is not None:
+            images01 = self.vae_to_unit_range(pixel_values)
+            text = reranker_input_ids if reranker_input_ids is not None else input_ids
+            text_features = F.normalize(_features(reranker.get_text_features(input_ids=text)), dim=-1)
+            image_features = F.normalize(_features(reranker.get_image_features(pixel_values=images01)), dim=-1)
+            scores = (text_features * image_features).sum(-1)
+            order = scores.argsort(descending=True)
+            image_ids, pixel_values, scores = image_ids[order], pixel_values[order], scores[order]
+        images = to_pil_images(self.vae_to_unit_range(pixel_values))
+        return DalleImageGenerationOutput(image_ids=image_ids, pixel_values=pixel_values, images=images, scores=scores)
+
+    def vae_to_unit_range(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Undo the dVAE's input normalisation and clamp to [0, 1]. `(b, c, H, W) -> (b, c, H, W)`."""
+        normalization = self.config.vae_config.normalization
+        if normalization is not None:
+            means, stds = (torch.as_tensor(t).to(pixel_values)[None, :, None, None] for t in normalization)
+            pixel_values = pixel_values * stds + means
+        return pixel_values.clamp(0, 1)
+
+
+def _features(output):
+    """Accept a tensor or a ModelOutput (`pooler_output` / first field) from a reranker."""
+    if isinstance(output, torch.Tensor):
+        return output
+    return getattr(output, "pooler_output", None) if getattr(output, "pooler_output", None) is not None else output[0]
