@@ -1,0 +1,1 @@
+"""DALL-E tests."""
