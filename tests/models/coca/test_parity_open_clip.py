@@ -1,0 +1,73 @@
+"""CocaModel converted from open_clip CoCa matches it (fp32, max abs diff <= 1e-4) on several configs."""
+
+import pytest
+import torch
+from conversion.common import UnmappedTensorsError
+from conversion.open_clip_coca import convert
+from reference_imports import require_reference
+
+from .references import OPEN_CLIP_CONFIGS, open_clip_reference
+
+TOL = 1e-4
+
+
+def _inputs(image_size, vocab, ctx, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(3, 3, image_size, image_size, generator=g)
+    text = torch.randint(3, vocab, (3, ctx), generator=g)
+    text[1, ctx - 3:] = 0  # right padding, open_clip's pad id 0
+    text[2, ctx // 2:] = 0
+    return images, text
+
+
+@pytest.mark.parametrize("name", sorted(OPEN_CLIP_CONFIGS))
+def test_outputs_match_open_clip(name):
+    ref, image_size, vocab, ctx = open_clip_reference(name)
+    model = convert(ref, bos_token_id=1, eos_token_id=2)
+    images, text = _inputs(image_size, vocab, ctx)
+    mask = (text != 0).long()
+    with torch.no_grad():
+        ref_out = ref(images, text, output_labels=False)
+        ours = model(input_ids=text, pixel_values=images, attention_mask=mask)
+    assert (ref_out["image_features"] - ours.image_embeds).abs().max() <= TOL
+    assert (ref_out["text_features"] - ours.text_embeds).abs().max() <= TOL
+    ref_logits = ref_out["logit_scale"] * ref_out["image_features"] @ ref_out["text_features"].t()
+    assert (ref_logits - ours.logits_per_image).abs().max() <= TOL * ref_out["logit_scale"]
+    assert torch.equal(ours.logits_per_text, ours.logits_per_image.t())
+    # every position, padded ones included (open_clip's legacy CLS/pad mask is reproduced)
+    assert (ref_out["logits"] - ours.logits).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("name", ["attn_pool", "no_pooler_coca_base"])
+def test_loss_matches_open_clip_coca_loss(name):
+    loss_mod = require_reference("open_clip.loss")
+    ref, image_size, vocab, ctx = open_clip_reference(name)
+    model = convert(ref, bos_token_id=1, eos_token_id=2, caption_loss_weight=2.0, contrastive_loss_weight=1.0)
+    images, text = _inputs(image_size, vocab, ctx, seed=2)
+    with torch.no_grad():
+        out = ref(images, text)  # output_labels=True: logits over text[:, :-1], labels text[:, 1:]
+        clip_loss, caption_loss = loss_mod.CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0, pad_id=0)(
+            out["image_features"], out["text_features"], out["logits"], out["labels"], out["logit_scale"])
+        ours = model(input_ids=text, pixel_values=images, attention_mask=(text != 0).long(), return_loss=True)
+    assert abs(ours.caption_loss * 2.0 - caption_loss) <= TOL
+    assert abs(ours.contrastive_loss - clip_loss) <= TOL
+    assert abs(ours.loss - (clip_loss + caption_loss)) <= TOL
+
+
+def test_every_source_tensor_is_accounted_for():
+    ref, *_ = open_clip_reference("attn_pool")
+    sd = ref.state_dict()
+    sd["visual.extra_unknown"] = torch.zeros(1)
+    from conversion.common import StateDictConverter
+    from conversion.open_clip_coca import build_config, convert_state_dict
+    from hf_mm.models.coca import CocaModel
+
+    config = build_config(ref, bos_token_id=1, eos_token_id=2)
+    conv = StateDictConverter(sd)
+    convert_state_dict(conv, config)
+    with pytest.raises(UnmappedTensorsError, match="visual.extra_unknown"):
+        conv.finish(CocaModel(config))
+    del sd["visual.extra_unknown"], sd["text.ln_final.bias"]
+    conv = StateDictConverter(sd)
+    with pytest.raises(UnmappedTensorsError, match="text.ln_final.bias"):
+        convert_state_dict(conv, config)
