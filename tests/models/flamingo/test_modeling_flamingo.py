@@ -1,0 +1,117 @@
+"""Model API: errors on bad input, Auto classes + safetensors round trip, training features."""
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
+
+import hf_mm  # noqa: F401  (registers the Auto classes)
+from hf_mm.models.flamingo import FlamingoForConditionalGeneration, FlamingoModel
+
+from .helpers import tiny_config, tiny_model
+
+
+def _ids(length=8, positions=(1, 4)):
+    ids = torch.randint(4, 40, (2, length), generator=torch.Generator().manual_seed(0))
+    ids[:, list(positions)] = 3
+    return ids
+
+
+def _px(*leading):
+    return torch.randn(*leading, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(input_ids=_ids(positions=(1, 4, 6)), pixel_values=_px(2, 2)), r"media token .* 2 media given"),
+        (dict(input_ids=_ids(positions=(1,)), pixel_values=_px(2, 2)), r"media token .* 2 media given"),
+        (dict(input_ids=_ids(), pixel_values=_px(2, 2, 4)), "max_video_frames is 3"),
+        (dict(input_ids=_ids(), pixel_values=torch.randn(2, 2, 3, 8, 8)), r"pixel_values must have shape"),
+        (dict(input_ids=_ids(), pixel_values=torch.randn(2, 3, 16, 16)), r"pixel_values must have shape"),
+        (dict(input_ids=_ids() + 40, pixel_values=_px(2, 2)), r"input_ids must be in \[0, 40\)"),
+        (dict(input_ids=_ids(), pixel_values=_px(3, 2)), "batch size 3"),
+        (dict(input_ids=_ids(positions=(0, 1, 2, 3, 4)), pixel_values=_px(2, 5)), "max_num_media is 4"),
+        (dict(input_ids=_ids(), pixel_values=_px(2, 2), image_embeds=torch.zeros(2, 2, 5, 32)), "at most one"),
+    ],
+)
+def test_bad_input_raises_value_error(model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        model(**kwargs)
+
+
+def test_bad_input_in_generate(model):
+    with pytest.raises(ValueError, match="media token"):
+        model.generate(input_ids=_ids(positions=(1,)), pixel_values=_px(2, 2), max_new_tokens=2)
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="vision_config.hidden_size"):
+        FlamingoForConditionalGeneration(tiny_config(vision_config=dict(hidden_size=48, num_attention_heads=2)))
+
+
+def test_untrained_gates_equal_language_model():
+    torch.manual_seed(0)
+    model = FlamingoForConditionalGeneration(tiny_config()).eval()
+    assert all(not b.attn_gate.any() and not b.ff_gate.any() for b in model.model.cross_attn_layers.values())
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=_ids(), pixel_values=_px(2, 2)).logits,
+                                   model(input_ids=_ids()).logits)
+
+
+def test_save_and_load_through_auto_classes(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    ids, px = _ids(), _px(2, 2)
+    with torch.no_grad():
+        expected = model(input_ids=ids, pixel_values=px).logits
+        for auto in (AutoModelForCausalLM, AutoModelForImageTextToText):
+            loaded = auto.from_pretrained(tmp_path).eval()
+            assert type(loaded) is FlamingoForConditionalGeneration
+            assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+            torch.testing.assert_close(loaded(input_ids=ids, pixel_values=px).logits, expected, atol=0, rtol=0)
+        base = AutoModel.from_pretrained(tmp_path).eval()
+        assert type(base) is FlamingoModel
+        torch.testing.assert_close(base(input_ids=ids, pixel_values=px).last_hidden_state,
+                                   model.model(input_ids=ids, pixel_values=px).last_hidden_state)
+
+
+def test_eager_equals_sdpa(model):
+    eager = FlamingoForConditionalGeneration(model.config.__class__.from_dict(model.config.to_dict()),
+                                             ).eval()
+    eager.load_state_dict(model.state_dict())
+    eager.set_attn_implementation("eager")
+    assert eager.config.text_config._attn_implementation == "eager"
+    ids, px = _ids(), _px(2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(eager(input_ids=ids, pixel_values=px).logits,
+                                   model(input_ids=ids, pixel_values=px).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_loss_backward_and_gradient_checkpointing():
+    model = tiny_model().train()
+    ids, px = _ids(), _px(2, 2)
+    loss = model(input_ids=ids, pixel_values=px, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    loss2 = model(input_ids=ids, pixel_values=px, labels=ids, use_cache=False).loss
+    loss2.backward()
+    torch.testing.assert_close(loss2, loss)
+    for name, p in model.named_parameters():
+        if name in grads:
+            torch.testing.assert_close(p.grad, grads[name], atol=1e-6, rtol=1e-5)
+
+
+def test_freeze_pretrained_config_flag():
+    model = FlamingoForConditionalGeneration(tiny_config(freeze_pretrained=True))
+    trainable = {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"perceiver", "cross_attn_layers"}
+    expected = sum(p.numel() for p in model.model.perceiver.parameters()) + sum(
+        p.numel() for p in model.model.cross_attn_layers.parameters())
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
