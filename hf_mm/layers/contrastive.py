@@ -13,6 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Upcast half precision to float32 for losses; float64 stays float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -48,7 +53,7 @@ class LogitScale(nn.Module):
             self.logit_scale.fill_(math.log(self.init_value))
 
     def forward(self) -> torch.Tensor:
-        log_scale = self.logit_scale.float()
+        log_scale = at_least_fp32(self.logit_scale)
         if self.max_scale is not None:
             log_scale = log_scale.clamp(max=math.log(self.max_scale))
         return log_scale.exp()
@@ -84,4 +89,5 @@ def contrastive_loss(
         image_embeds, text_embeds = all_gather_with_grad(image_embeds), all_gather_with_grad(text_embeds)
     logits_per_image, logits_per_text = contrastive_logits(image_embeds, text_embeds, scale, bias)
     labels = torch.arange(image_embeds.shape[0], device=image_embeds.device)
-    return (F.cross_entropy(logits_per_image.float(), labels) + F.cross_entropy(logits_per_text.float(), labels)) / 2
+    return (F.cross_entropy(at_least_fp32(logits_per_image), labels)
+            + F.cross_entropy(at_least_fp32(logits_per_text), labels)) / 2

@@ -17,6 +17,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.utils import ModelOutput
 
+from ...layers.contrastive import at_least_fp32
 from ...layers import (
     AttentionalPooler,
     CrossAttentionCacheMixin,
@@ -408,7 +409,7 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         labels = labels[:, 1:]
         if attention_mask is not None:
             labels = labels.masked_fill(attention_mask[:, 1:] == 0, -100)
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        return F.cross_entropy(at_least_fp32(logits[:, :-1].flatten(0, 1)), labels.flatten(), ignore_index=-100)
 
     # -- generation hooks -----------------------------------------------------------------------------
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, pixel_values=None, image_embeds=None,

@@ -1,0 +1,179 @@
+"""CocaModel behaviour: save/load in a fresh process, dtypes, attention backends, checkpointing, bad input."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_mm.models.coca import CocaConfig, CocaModel
+
+from .references import tiny_coca_config
+
+ROOT = Path(__file__).resolve().parents[3]
+
+LUCIDRAINS_STYLE = dict(
+    text_config=dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                     head_dim=8, intermediate_size=64, hidden_act="silu", gated_mlp=True, parallel_blocks=True,
+                     norm_bias=False, attention_bias=False, attention_out_bias=False, mlp_bias=False,
+                     position_embedding_type="rotary", padding_mask_style="coca_pytorch", tie_word_embeddings=True,
+                     bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    multimodal_config=dict(num_hidden_layers=1, parallel_cross_attention=True, norm_context=False,
+                           cross_attention_num_key_value_heads=1),
+    vision_config=None, image_embed_dim=24, attn_pooler_queries=4, attn_pooler_heads=4, attn_pooler_head_dim=8,
+    attn_pooler_num_key_value_heads=1, attn_pooler_bias=False, logit_scale_max=None,
+)
+
+
+def _batch(seed=0, n=2, image=True, cfg=None):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 64, (n, 7), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, -2:] = 0
+    out = dict(input_ids=ids, attention_mask=mask)
+    if cfg is not None and cfg.vision_config is None:
+        out["image_embeds"] = torch.randn(n, 5, cfg.image_embed_dim, generator=g)
+    elif image:
+        out["pixel_values"] = torch.randn(n, 3, 16, 16, generator=g)
+    return out
+
+
+@pytest.mark.parametrize("style", ["open_clip", "coca_pytorch"])
+def test_save_and_load_in_a_fresh_process(tmp_path, style):
+    torch.manual_seed(0)
+    config = tiny_coca_config() if style == "open_clip" else CocaConfig(**LUCIDRAINS_STYLE)
+    model = CocaModel(config).eval()
+    model.save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "model.safetensors").exists()
+    batch = _batch(cfg=config)
+    torch.save(batch, tmp_path / "batch.pt")
+    with torch.no_grad():
+        expected = model(**batch)
+    script = textwrap.dedent(f"""
+        import torch, hf_mm
+        from transformers import AutoModel, AutoModelForImageTextToText
+        model = AutoModel.from_pretrained({str(tmp_path / 'model')!r}).eval()
+        assert type(AutoModelForImageTextToText.from_pretrained({str(tmp_path / 'model')!r})).__name__ == "CocaModel"
+        batch = torch.load({str(tmp_path / 'batch.pt')!r}, weights_only=True)
+        with torch.no_grad():
+            out = model(**batch)
+        gen = model.generate(**{{k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}},
+                             max_new_tokens=4, do_sample=False)
+        torch.save(dict(logits=out.logits, per_image=out.logits_per_image, gen=gen), {str(tmp_path / 'out.pt')!r})
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT)
+    got = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert torch.equal(got["logits"], expected.logits)
+    assert torch.equal(got["per_image"], expected.logits_per_image)
+    gen_inputs = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+    assert torch.equal(got["gen"], model.generate(**gen_inputs, max_new_tokens=4, do_sample=False))
+
+
+def test_model_type_and_tied_weights_in_config(tmp_path):
+    model = CocaModel(CocaConfig(**LUCIDRAINS_STYLE))
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "hf_mm_coca"
+    reloaded = CocaModel.from_pretrained(tmp_path)
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.text_model.embed_tokens.weight.data_ptr()
+
+
+@pytest.mark.parametrize("style", ["open_clip", "coca_pytorch"])
+def test_sdpa_equals_eager(style):
+    torch.manual_seed(0)
+    config = tiny_coca_config() if style == "open_clip" else CocaConfig(**LUCIDRAINS_STYLE)
+    sdpa = CocaModel(config).eval()
+    eager = CocaModel(config.__class__(**config.to_dict()), ).eval()
+    eager.load_state_dict(sdpa.state_dict())
+    eager.set_attn_implementation("eager")
+    batch = _batch(cfg=config)
+    with torch.no_grad():
+        a, b = sdpa(**batch), eager(**batch)
+    assert (a.logits - b.logits).abs().max() < 1e-5
+    assert (a.logits_per_image - b.logits_per_image).abs().max() < 1e-4
+
+
+def test_bf16_forward_and_generate_are_finite():
+    torch.manual_seed(0)
+    model = CocaModel(tiny_coca_config()).to(torch.bfloat16).eval()
+    batch = _batch()
+    batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+    out = model(**batch, return_loss=True)
+    assert out.logits.dtype == torch.bfloat16
+    assert all(torch.isfinite(t.float()).all() for t in (out.loss, out.logits, out.logits_per_image))
+    assert model.generate(pixel_values=batch["pixel_values"], max_new_tokens=3).shape == (2, 4)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = CocaModel(tiny_coca_config()).train()
+    batch = _batch()
+    model(**batch, return_loss=True).loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing
+    model(**batch, return_loss=True).loss.backward()
+    for name, p in model.named_parameters():
+        if name in grads:
+            assert torch.allclose(p.grad, grads[name], atol=1e-6), name
+    assert len(grads) > 40
+
+
+def test_loss_weights_and_padding_are_honoured():
+    torch.manual_seed(0)
+    model = CocaModel(tiny_coca_config(caption_loss_weight=3.0, contrastive_loss_weight=0.5)).eval()
+    batch = _batch()
+    out = model(**batch, return_loss=True)
+    assert torch.allclose(out.loss, 3.0 * out.caption_loss + 0.5 * out.contrastive_loss)
+    changed = dict(batch, input_ids=batch["input_ids"].clone())
+    changed["input_ids"][1, -2:] = 9  # padded positions: their content must not change the caption loss
+    assert torch.allclose(model(**changed, return_loss=True).caption_loss, out.caption_loss)
+
+
+def test_zero_shot_batch_mismatch_gives_logits_only():
+    torch.manual_seed(0)
+    model = CocaModel(tiny_coca_config()).eval()
+    out = model(input_ids=torch.randint(3, 64, (4, 6)), pixel_values=torch.randn(1, 3, 16, 16))
+    assert out.logits_per_image.shape == (1, 4) and out.logits is None
+
+
+BAD_INPUTS = [
+    (dict(), "exactly one of pixel_values"),
+    (dict(both=True), "exactly one of pixel_values"),
+    (dict(pixel_values=torch.randn(2, 3, 20, 20)), r"pixel_values must have shape \(batch, 3, 16, 16\)"),
+    (dict(pixel_values=torch.randn(2, 1, 16, 16)), "num_channels=3"),
+    (dict(input_ids=torch.randint(3, 64, (2, 30))), "context length"),
+    (dict(input_ids=torch.tensor([[1, 64, 3]])), r"input_ids must lie in \[0, 64\)"),
+    (dict(input_ids=torch.tensor([[1, -1, 3]])), r"input_ids must lie in \[0, 64\)"),
+    (dict(pixel_values=torch.randn(3, 3, 16, 16), return_loss=True), "batch sizes differ"),
+    (dict(attention_mask=torch.ones(2, 3)), "attention_mask must have shape"),
+    (dict(input_ids=torch.zeros(2, 0, dtype=torch.long)), "input_ids is empty"),
+    (dict(input_ids=torch.rand(2, 4)), "input_ids must be an integer tensor"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD_INPUTS)
+def test_bad_input_raises_a_clear_error(kwargs, message):
+    torch.manual_seed(0)
+    model = CocaModel(tiny_coca_config()).eval()
+    batch = dict(input_ids=torch.randint(3, 64, (2, 5)), pixel_values=torch.randn(2, 3, 16, 16))
+    if not kwargs:
+        batch.pop("pixel_values")
+    if kwargs.pop("both", False):
+        batch["image_embeds"] = torch.randn(2, 4, 32)
+    batch.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=message):
+        model(**batch)
+
+
+def test_bad_config_raises_naming_the_field():
+    with pytest.raises(ValueError, match="num_attention_heads"):
+        tiny_coca_config(text_config=dict(hidden_size=30, num_attention_heads=4))
+    with pytest.raises(ValueError, match="padding_mask_style"):
+        CocaModel(tiny_coca_config(text_config=dict(padding_mask_style="weird")))
+    with pytest.raises(ValueError, match="image_size"):
+        CocaModel(tiny_coca_config(vision_config=dict(image_size=17, patch_size=8)))
