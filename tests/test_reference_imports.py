@@ -290,20 +290,24 @@ def test_transformers_clip_image_processor_and_pipeline_import():
 # ---------------------------------------------------------------------------------------------------------
 # hf_mm and conversion never import torchvision, the stand-ins or any reference library
 
-FORBIDDEN_IMPORTS = frozenset({
-    # stand-ins (tests/reference_stubs) and packages that cannot be installed here
-    *STUB_PACKAGES, "dall_e", "_reference_standin", "reference_imports",
-    # reference libraries (requirements-references.txt) and their lucidrains-only helpers
+# stand-ins (tests/reference_stubs) and packages that cannot be installed here
+NEVER_IMPORTED = frozenset({*STUB_PACKAGES, "dall_e", "_reference_standin", "reference_imports"})
+# reference libraries (requirements-references.txt) and their lucidrains-only helpers
+REFERENCE_LIBRARIES = frozenset({
     "open_clip", "open_clip_train", "coca_pytorch", "x_clip", "flamingo_pytorch", "dalle_pytorch", "open_flamingo",
     "vit_pytorch", "timm", "rotary_embedding_torch", "einops_exts", "axial_positional_embedding",
 })
+FORBIDDEN_IMPORTS = NEVER_IMPORTED | REFERENCE_LIBRARIES
 SCANNED_DIRS = ("hf_mm", "conversion")
 
 
-def forbidden_imports(source: str, filename: str = "<source>") -> list[str]:
-    """`import x`, `from x import y`, `importlib.import_module("x")` and `__import__("x")` of forbidden names."""
+def forbidden_imports(source: str, filename: str = "<source>", forbidden=FORBIDDEN_IMPORTS,
+                      top_level_only: bool = False) -> list[str]:
+    """`import x`, `from x import y`, `importlib.import_module("x")` and `__import__("x")` of forbidden names
+    (with `top_level_only`, only the statements that run when the module is imported)."""
     found = []
-    for node in ast.walk(ast.parse(source, filename)):
+    tree = ast.parse(source, filename)
+    for node in (tree.body if top_level_only else ast.walk(tree)):
         names = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -316,7 +320,7 @@ def forbidden_imports(source: str, filename: str = "<source>") -> list[str]:
             if func_name in ("import_module", "__import__"):
                 names = [node.args[0].value]
         found += [f"{filename}:{node.lineno}: {name}" for name in names
-                  if name.split(".", 1)[0] in FORBIDDEN_IMPORTS]
+                  if name.split(".", 1)[0] in forbidden]
     return found
 
 
@@ -334,12 +338,21 @@ def test_forbidden_import_detector_catches_every_form():
     assert names == sorted(["torchvision.transforms", "open_clip.coca_model", "timm", "x_clip", "taming.models"])
 
 
-def test_hf_mm_and_conversion_never_import_reference_libraries():
-    files = [path for d in SCANNED_DIRS for path in sorted((REPO_ROOT / d).rglob("*.py"))]
-    assert files, f"no .py files found under {SCANNED_DIRS}"
-    hits = [hit for path in files
-            for hit in forbidden_imports(path.read_text(encoding="utf-8"), str(path.relative_to(REPO_ROOT)))]
-    assert not hits, (
-        "hf_mm / conversion must not import torchvision, the test stand-ins or the reference libraries "
-        "(they are test-only; see requirements-references.txt):\n  " + "\n  ".join(hits)
-    )
+def _hits(directory: str, **kwargs) -> list[str]:
+    files = sorted((REPO_ROOT / directory).rglob("*.py"))
+    assert files, f"no .py files found under {directory}"
+    return [hit for path in files
+            for hit in forbidden_imports(path.read_text(encoding="utf-8"), str(path.relative_to(REPO_ROOT)), **kwargs)]
+
+
+def test_hf_mm_never_imports_reference_libraries_or_stand_ins():
+    hits = _hits("hf_mm")
+    assert not hits, "hf_mm must not import torchvision, the stand-ins or the reference libraries:\n  " + "\n  ".join(hits)
+
+
+def test_conversion_imports_reference_libraries_only_where_it_verifies():
+    """conversion/ may build the reference model inside its CLI functions (to load and verify an original
+    checkpoint), but importing `conversion` must never import a reference library, and never a stand-in."""
+    hits = _hits("conversion", forbidden=NEVER_IMPORTED) + _hits("conversion", forbidden=REFERENCE_LIBRARIES,
+                                                                 top_level_only=True)
+    assert not hits, "conversion/ imports at module level:\n  " + "\n  ".join(hits)
