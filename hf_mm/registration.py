@@ -3,7 +3,7 @@
 import importlib
 
 # Each family module exposes `register()`; add a family here when it lands.
-FAMILIES: list[str] = ["hf_mm.models.coca", "hf_mm.models.flamingo", "hf_mm.models.dalle"]
+FAMILIES: list[str] = ["hf_mm.models.coca", "hf_mm.models.flamingo", "hf_mm.models.dalle", "hf_mm.models.x_clip"]
 
 
 def register_all():

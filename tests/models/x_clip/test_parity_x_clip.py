@@ -19,8 +19,8 @@ CONFIGS = {
     "filip_cloob_downsample": dict(use_all_token_embeds=True, extra_latent_projection=True, downsample_image_embeds=True),
     "rotary_mlm": dict(text_rotary_pos_emb=True, use_mlm=True, text_ssl_loss_weight=0.2),
     "mlm_random_tokens": dict(use_mlm=True, mlm_random_token_prob=0.1),
-    "simsiam": dict(use_visual_ssl=True),
-    "simclr": dict(use_visual_ssl=True, visual_ssl_type="simclr"),
+    "simsiam": dict(visual_ssl_type="simsiam"),
+    "simclr": dict(visual_ssl_type="simclr"),
     "encode_without_mask": dict(text_encode_without_mask=True),
 }
 
@@ -46,6 +46,18 @@ def inputs(seed=0, batch=3):
 def build(x_clip, options):
     torch.manual_seed(0)
     reference = x_clip.CLIP(**{**BASE, **options})
+    if "visual_ssl_type" in options:  # x-clip's SSL heads with a small hidden size (its CLIP hard-codes 4096)
+        from x_clip.visual_ssl import SimCLR, SimSiam
+
+        if options["visual_ssl_type"] == "simsiam":
+            reference.visual_ssl = SimSiam(reference.visual_transformer, image_size=32, hidden_layer=-1,
+                                           projection_hidden_size=64)
+        else:
+            reference.visual_ssl = SimCLR(reference.visual_transformer, image_size=32, hidden_layer=-1)
+            wrapper = reference.visual_ssl.net
+            wrapper.projection_hidden_size, wrapper.projector = 64, None  # rebuilt lazily on the next call
+            reference.visual_ssl(torch.randn(2, 3, 32, 32))
+        reference.use_visual_ssl, reference.image_ssl_loss_weight = True, 0.05
     model = convert(reference)
     if model.visual_ssl is not None:
         model.visual_ssl.augment1 = model.visual_ssl.augment2 = nn.Identity()
