@@ -1,0 +1,79 @@
+"""Pieces shared by the CoCa examples: a word-level caption tokenizer, a tiny config, a data collator."""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from hf_mm.models.coca import CocaConfig, CocaImageProcessor, CocaProcessor
+
+SPECIAL_TOKENS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]  # ids 0..3
+
+
+def word_tokenizer(words: list[str], max_length: int = 32) -> PreTrainedTokenizerFast:
+    """Whitespace word-level tokenizer; `[BOS]` is prepended to every text, so `text=""` encodes to `[BOS]`.
+
+    `[EOS]` is not appended automatically (a prompt must not end in it): training texts carry it explicitly,
+    see `CocaCaptionCollator`.
+    """
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + list(dict.fromkeys(words)))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A", pair="[BOS] $A $B", special_tokens=[("[BOS]", vocab["[BOS]"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]", unk_token="[UNK]",
+        model_max_length=max_length,
+    )
+
+
+def caption_processor(words: list[str], image_size: int = 32) -> CocaProcessor:
+    """`CocaProcessor` = `CocaImageProcessor` at `image_size` px + `word_tokenizer(words)`."""
+    image_processor = CocaImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD,
+    )
+    return CocaProcessor(image_processor, word_tokenizer(words))
+
+
+def tiny_coca_config(tokenizer: PreTrainedTokenizerFast, image_size: int = 32, patch_size: int = 8,
+                     hidden_size: int = 64, layers: int = 2, **overrides) -> CocaConfig:
+    """A CoCa small enough to train on a CPU in minutes (open_clip layout, `hidden_size`-wide everywhere)."""
+    heads = max(hidden_size // 32, 1)
+    config = dict(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers, num_attention_heads=heads,
+            intermediate_size=4 * hidden_size, max_position_embeddings=tokenizer.model_max_length,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, padding_mask_style="open_clip",
+        ),
+        multimodal_config=dict(num_hidden_layers=layers),
+        vision_config=dict(
+            image_size=image_size, patch_size=patch_size, hidden_size=hidden_size, num_hidden_layers=layers,
+            num_attention_heads=heads, intermediate_size=4 * hidden_size,
+        ),
+        attn_pooler_queries=(image_size // patch_size) ** 2 + 1, attn_pooler_heads=heads,
+        projection_dim=hidden_size, logit_scale_init_value=10.0,
+    )
+    config.update(overrides)
+    return CocaConfig(**config)
+
+
+class CocaCaptionCollator:
+    """Rows `{"image": PIL, "caption": str}` -> `pixel_values`, `input_ids` (`[BOS] caption [EOS]`),
+    `attention_mask`, `labels` (= input_ids; the model shifts them and ignores padding), `return_loss`."""
+
+    def __init__(self, processor: CocaProcessor, image_column: str = "image", text_column: str = "caption"):
+        self.processor, self.image_column, self.text_column = processor, image_column, text_column
+
+    def __call__(self, rows: list[dict]) -> dict:
+        eos = self.processor.tokenizer.eos_token
+        images = [row[self.image_column].convert("RGB") for row in rows]
+        texts = [f"{row[self.text_column]} {eos}" for row in rows]
+        batch = dict(self.processor(images=images, text=texts, return_tensors="pt"))
+        batch.pop("token_type_ids", None)
+        batch["labels"] = batch["input_ids"].clone()
+        batch["return_loss"] = True
+        return batch
