@@ -85,3 +85,25 @@ def pixels(vae_config, batch: int = 2, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     size = vae_config.image_size
     return torch.rand(batch, vae_config.channels, size, size, generator=gen)
+
+
+# every pattern, several axial and conv-like layers (dalle-pytorch's own cache is wrong for these)
+MIXED = dict(attn_types=["axial_row", "conv_like", "axial_col", "full", "sparse", "conv_like"],
+             num_hidden_layers=6, conv_dilation=2, conv_kernel_size=3, sparse_block_size=4, sparse_local_blocks=2,
+             sparse_num_random_blocks=1)
+
+
+def tiny_model(seed: int = 0, **overrides):
+    """A random hf_mm DALL-E (no reference), with layer scales at 1 so every layer matters."""
+    from hf_mm.models.dalle import DalleConfig, DalleForImageGeneration
+
+    fields = dict(vae_config=dict(VAE_CONFIGS["3layers-plain"]), num_text_tokens=40, text_seq_len=5,
+                  hidden_size=32, num_attention_heads=2, head_dim=16, **MIXED)
+    fields.update(overrides)
+    torch.manual_seed(seed)
+    model = DalleForImageGeneration(DalleConfig(**fields)).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.ls1.gamma.fill_(1.0)
+            layer.ls2.gamma.fill_(1.0)
+    return model
