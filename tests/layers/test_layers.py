@@ -1,0 +1,89 @@
+"""The shared layer library: attention backends and cache, masks, rotary, contrastive loss."""
+
+import math
+
+import pytest
+import torch
+from transformers import PreTrainedConfig
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+from hf_mm.layers import (
+    Attention,
+    LogitScale,
+    RotaryEmbedding,
+    apply_rotary,
+    contrastive_loss,
+    self_attention_mask,
+)
+
+
+def _config(impl):
+    cfg = PreTrainedConfig()
+    cfg._attn_implementation = impl
+    return cfg
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_cached_incremental_attention_equals_full_attention(kv_heads):
+    torch.manual_seed(0)
+    for impl in ("sdpa", "eager"):
+        attn = Attention(_config(impl), 32, 4, 8, num_kv_heads=kv_heads, is_causal=True, layer_idx=0).eval()
+        rotary = RotaryEmbedding(8)
+        x = torch.randn(2, 7, 32)
+        angles = rotary(torch.arange(7).expand(2, 7))
+        full = attn(x, rotary_angles=angles)
+        cache = DynamicCache()
+        steps = [attn(x[:, :4], rotary_angles=angles[:, :4], past_key_values=cache)]
+        steps += [attn(x[:, i:i + 1], rotary_angles=angles[:, i:i + 1], past_key_values=cache) for i in range(4, 7)]
+        assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5), impl
+    # a multi-token step after cached keys is still causal (sdpa would crop the keys without an explicit mask)
+    cache = DynamicCache()
+    attn(x[:, :3], rotary_angles=angles[:, :3], past_key_values=cache)
+    chunk = attn(x[:, 3:], rotary_angles=angles[:, 3:], past_key_values=cache)
+    assert torch.allclose(chunk, full[:, 3:], atol=1e-5)
+
+
+def test_cross_attention_projects_context_once_and_reuses_it():
+    torch.manual_seed(0)
+    attn = Attention(_config("sdpa"), 16, 2, 8, kv_dim=12, is_cross_attention=True, layer_idx=3).eval()
+    context = torch.randn(2, 5, 12)
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    first = attn(torch.randn(2, 1, 16), context=context, past_key_values=cache)
+    assert attn.context_is_cached(cache)
+    q = torch.randn(2, 1, 16)
+    assert torch.allclose(attn(q, past_key_values=cache), attn(q, context=context), atol=1e-6)
+    assert first.shape == (2, 1, 16)
+    with pytest.raises(ValueError, match="context"):
+        attn(q)
+
+
+def test_masks_combine_padding_and_causality_without_empty_rows():
+    real = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]).bool()
+    mask = self_attention_mask(real, 4, causal=True)[:, 0]
+    assert mask.any(-1).all()  # no row left without a key (sdpa would give NaN)
+    assert not mask[0, 2, :2].any() and mask[0, 3, 2:].all()  # real tokens never see left padding
+    assert self_attention_mask(torch.ones(2, 4, dtype=torch.bool), 4, causal=True) is None
+
+
+def test_rotary_layouts_rotate_pairs_or_halves():
+    x = torch.randn(1, 1, 3, 8)
+    angles_half = RotaryEmbedding(8)(torch.arange(3))[None]
+    angles_pair = RotaryEmbedding(8, interleaved=True)(torch.arange(3))[None]
+    half = apply_rotary(x, angles_half)
+    pairs = apply_rotary(x[..., [0, 4, 1, 5, 2, 6, 3, 7]], angles_pair, interleaved=True)
+    assert torch.allclose(half[..., [0, 4, 1, 5, 2, 6, 3, 7]], pairs, atol=1e-6)
+    assert torch.allclose(half.norm(dim=-1), x.norm(dim=-1), atol=1e-5)  # a rotation keeps norms
+    partial = apply_rotary(x, angles_half[..., :4])
+    assert torch.equal(partial[..., 4:], x[..., 4:])
+
+
+def test_logit_scale_is_clamped_and_loss_checks_batches():
+    scale = LogitScale(1 / 0.07, max_scale=100.0)
+    with torch.no_grad():
+        scale.logit_scale.fill_(10.0)
+    assert math.isclose(scale().item(), 100.0, rel_tol=1e-6)
+    img, txt = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1), torch.nn.functional.normalize(torch.randn(2, 4), dim=-1)
+    with pytest.raises(ValueError, match="3 images and 2 texts"):
+        contrastive_loss(img, txt, scale())
+    loss = contrastive_loss(img, img, torch.tensor(100.0))
+    assert loss < 1e-3  # perfectly aligned pairs
