@@ -153,7 +153,7 @@ class DalleConfig(PreTrainedConfig):
 
     def _check_shared_attention_types(self):
         owner_type = {}
-        for layer, (attn_id, attn_type) in enumerate(zip(self.attn_layer_ids, self.layer_types)):
+        for layer, (attn_id, attn_type) in enumerate(zip(self.attn_layer_ids, self.layer_attn_types)):
             if owner_type.setdefault(attn_id, attn_type) != attn_type:
                 raise ValueError(
                     f"shared_attn_ids shares attention id {attn_id} between layer types {owner_type[attn_id]!r} "
@@ -161,7 +161,7 @@ class DalleConfig(PreTrainedConfig):
                 )
 
     @property
-    def layer_types(self) -> list[str]:
+    def layer_attn_types(self) -> list[str]:
         """Attention type of each layer (`attn_types` cycled over depth)."""
         return [self.attn_types[i % len(self.attn_types)] for i in range(self.num_hidden_layers)]
 

@@ -79,11 +79,11 @@ class DalleGenerationMixin:
         if generation_mode != "image":
             raise ValueError(f"generation_mode must be 'image' (DALL-E only outputs images), got {generation_mode!r}")
         config = self.config
-        if filter_thres is not None:
-            if not 0 <= filter_thres < 1:
-                raise ValueError(f"filter_thres must be in [0, 1), got {filter_thres}")
-            kwargs.setdefault("top_k", max(int((1 - filter_thres) * config.vocab_size), 1))
+        if filter_thres is not None and not 0 <= filter_thres < 1:
+            raise ValueError(f"filter_thres must be in [0, 1), got {filter_thres}")
         kwargs.setdefault("do_sample", True)
+        if filter_thres is not None and kwargs["do_sample"]:
+            kwargs.setdefault("top_k", max(int((1 - filter_thres) * config.vocab_size), 1))
         if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] != config.text_seq_len:
             raise ValueError(f"input_ids must have shape (batch, text_seq_len={config.text_seq_len}), got "
                              f"{None if input_ids is None else tuple(input_ids.shape)}")
@@ -104,8 +104,9 @@ class DalleGenerationMixin:
         return out
 
     def decode_image_tokens(self, image_ids: torch.LongTensor) -> torch.FloatTensor:
-        """`(b, fmap**2)` codebook indices -> `(b, c, H, W)` images via the dVAE (normalised space)."""
-        return self.vae.decode(image_ids)
+        """`(b, fmap**2)` codebook indices -> `(b, c, H, W)` displayable images in [0, 1] (dVAE decoding with its
+        input normalisation undone); used by the any-to-any pipeline."""
+        return self.vae_to_unit_range(self.vae.decode(image_ids))
 
     @torch.no_grad()
     def generate_images(self, input_ids, reranker=None, reranker_input_ids=None, **generate_kwargs):
@@ -115,7 +116,7 @@ class DalleGenerationMixin:
         from .processing_dalle import to_pil_images
 
         image_ids = self.generate(input_ids, **generate_kwargs)
-        pixel_values = self.decode_image_tokens(image_ids)
+        pixel_values = self.vae.decode(image_ids)
         scores = None
         if reranker is not None:
             images01 = self.vae_to_unit_range(pixel_values)

@@ -73,7 +73,7 @@ class DalleBlock(TransformerBlock):
             rotary_interleaved=True, rotate_values=True,
         )
         self.config, self.layer_idx = config, layer_idx
-        self.layer_type = config.layer_types[layer_idx]
+        self.layer_type = config.layer_attn_types[layer_idx]
         self.mlp.dropout.p = config.ff_dropout
         self.attn_dropout = nn.Dropout(config.attention_dropout)
         norm = (lambda: LayerNorm(config.hidden_size, eps=config.layer_norm_eps)) if config.sandwich_norm else nn.Identity
@@ -175,6 +175,7 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
             self.image_pos_emb = AxialPositionalEmbedding(dim, config.image_fmap_size)
         self.layers = nn.ModuleList(DalleBlock(config, i) for i in range(config.num_hidden_layers))
         self._share_layers()
+        self._tied_weights_keys = self.shared_layer_weights()  # read by save_pretrained to drop the aliases
         self.norm = LayerNorm(dim, eps=config.layer_norm_eps)
         self.post_init()
 
@@ -190,6 +191,27 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
             owner = ff_owner.setdefault(ff_id, layer)
             if owner is not layer:
                 layer.mlp = owner.mlp
+
+    def shared_layer_weights(self) -> dict[str, str]:
+        """`{layer j's parameter: owner layer's parameter}` for weights shared through `shared_*_ids`."""
+        shared = {}
+        for j, layer in enumerate(self.layers):
+            for i, owner in enumerate(self.layers[:j]):
+                for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                    if getattr(layer.attn, name) is getattr(owner.attn, name) and f"layers.{j}.attn.{name}.weight" not in shared:
+                        for param, _ in getattr(layer.attn, name).named_parameters():
+                            shared[f"layers.{j}.attn.{name}.{param}"] = f"layers.{i}.attn.{name}.{param}"
+                if layer.mlp is owner.mlp and f"layers.{j}.mlp.fc1.weight" not in shared:
+                    for param, _ in layer.mlp.named_parameters():
+                        shared[f"layers.{j}.mlp.{param}"] = f"layers.{i}.mlp.{param}"
+        return shared
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        """Layer sharing is declared as weight tying, so safetensors saving and loading handle the aliases
+        (independently of `tie_word_embeddings`, which DALL-E does not use)."""
+        tied = super().get_expanded_tied_weights_keys(all_submodels=all_submodels)
+        tied.update(self.shared_layer_weights())
+        return tied
 
     def get_input_embeddings(self):
         return None if self.config.share_input_output_emb else self.embed_text
@@ -311,7 +333,7 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
         if config.stable:  # shrink the embedding gradient by 10x (CogView)
             hidden = hidden * 0.1 + hidden.detach() * 0.9
         keys = torch.arange(past_length + n, device=tokens.device)
-        masks = {t: attention_pattern_mask(t, positions, keys, config)[None, None] for t in set(config.layer_types)}
+        masks = {t: attention_pattern_mask(t, positions, keys, config)[None, None] for t in set(config.layer_attn_types)}
         angles = self.rotary_emb(positions)[None] if config.rotary_emb else None
         if config.reversible:
             hidden = torch.cat((hidden, hidden), dim=-1)
