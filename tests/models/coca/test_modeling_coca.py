@@ -72,6 +72,33 @@ def test_save_and_load_in_a_fresh_process(tmp_path, style):
     assert torch.equal(got["gen"], model.generate(**gen_inputs, max_new_tokens=4, do_sample=False))
 
 
+def test_processor_round_trips_through_auto_processor_in_a_fresh_process(tmp_path):
+    from PIL import Image
+
+    from hf_mm.models.coca import CocaProcessor
+
+    processor = CocaProcessor.from_open_clip(image_size=16, context_length=24)
+    CocaModel(tiny_coca_config()).save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    image = Image.fromarray((torch.arange(30 * 21 * 3) % 251).reshape(30, 21, 3).to(torch.uint8).numpy())
+    image.save(tmp_path / "image.png")
+    texts = ["a red circle", "a small blue square left of a circle!"]
+    expected = processor(images=image, text=texts, return_tensors="pt")
+    assert expected["input_ids"][0, -1] == 0  # open_clip pads with id 0
+    script = textwrap.dedent(f"""
+        import torch, hf_mm
+        from PIL import Image
+        from transformers import AutoProcessor
+        processor = AutoProcessor.from_pretrained({str(tmp_path)!r})
+        out = processor(images=Image.open({str(tmp_path / 'image.png')!r}), text={texts!r}, return_tensors="pt")
+        torch.save(dict(out), {str(tmp_path / 'processed.pt')!r})
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT)
+    got = torch.load(tmp_path / "processed.pt", weights_only=True)
+    for key in ("pixel_values", "input_ids", "attention_mask"):
+        assert torch.equal(got[key], expected[key]), key
+
+
 def test_model_type_and_tied_weights_in_config(tmp_path):
     model = CocaModel(CocaConfig(**LUCIDRAINS_STYLE))
     model.save_pretrained(tmp_path)
