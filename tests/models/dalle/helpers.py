@@ -97,7 +97,7 @@ def tiny_model(seed: int = 0, **overrides):
     """A random hf_mm DALL-E (no reference), with layer scales at 1 so every layer matters."""
     from hf_mm.models.dalle import DalleConfig, DalleForImageGeneration
 
-    fields = dict(vae_config=dict(VAE_CONFIGS["3layers-plain"]), num_text_tokens=40, text_seq_len=5,
+    fields = dict(vae_config=dict(VAE_CONFIGS["2layers-resblock"]), num_text_tokens=40, text_seq_len=5,
                   hidden_size=32, num_attention_heads=2, head_dim=16, **MIXED)
     fields.update(overrides)
     torch.manual_seed(seed)

@@ -41,13 +41,15 @@ def _generate_both(model, **kwargs):
     return results
 
 
-@pytest.mark.parametrize("kwargs", [dict(do_sample=False), dict(do_sample=True, temperature=0.8),
-                                    dict(do_sample=True, cond_scale=3.0), dict(do_sample=False, num_beams=2)],
-                         ids=["greedy", "sampled", "guided", "beam"])
+@pytest.mark.parametrize("kwargs", [
+    dict(do_sample=False), dict(do_sample=True, temperature=0.8), dict(do_sample=True, cond_scale=3.0),
+    dict(do_sample=False, num_beams=2), dict(do_sample=False, num_beams=2, cond_scale=2.0),
+    dict(do_sample=True, num_return_sequences=2, cond_scale=2.0),
+], ids=["greedy", "sampled", "guided", "beam", "beam-guided", "return-sequences-guided"])
 def test_generate_cached_equals_uncached(kwargs):
     model = tiny_model()
     cached, uncached = _generate_both(model, **kwargs)
-    assert cached.shape == (2, model.config.image_seq_len)
+    assert cached.shape == (2 * kwargs.get("num_return_sequences", 1), model.config.image_seq_len)
     assert torch.equal(cached, uncached)
     assert cached.min() >= 0 and cached.max() < model.config.vae_config.num_tokens
 

@@ -99,3 +99,29 @@ def test_normalise_layer_key_handles_every_nesting():
     assert normalise_layer_key("transformer.layers.blocks.2.g.net.fn.fn.net.3.weight") == (2, 1, "net.3.weight")
     assert normalise_layer_key("transformer.layers.blocks.0.f.net.scale") == (0, 0, "scale")
     assert normalise_layer_key("to_logits.1.weight") is None
+
+
+def test_cli_converts_training_checkpoints(tmp_path):
+    """dalle-pytorch's train_dalle.py / train_vae.py format: {"hparams", "vae_params", "weights"}."""
+    from transformers import AutoModel
+
+    from conversion.dalle_pytorch import main
+
+    from .helpers import DALLE_CONFIGS
+
+    kwargs, vae_name = DALLE_CONFIGS["axial-conv-mix"]
+    ref = build_reference_dalle("axial-conv-mix")
+    torch.save({"hparams": dict(kwargs), "vae_params": VAE_CONFIGS[vae_name], "weights": ref.state_dict()},
+               tmp_path / "dalle.pt")
+    main(["--checkpoint", str(tmp_path / "dalle.pt"), "--output", str(tmp_path / "out")])
+    model = AutoModel.from_pretrained(tmp_path / "out").eval()
+    assert "axial_row, conv_like, axial_col, full" in (tmp_path / "out" / "README.md").read_text()
+    text, codes = text_ids(model.config), image_codes(model.config)
+    with torch.no_grad():
+        assert max_abs_diff(model(text, image_ids=codes, use_cache=False).logits, ref(text.clone(), codes)) <= TOL
+
+    torch.save({"hparams": VAE_CONFIGS[vae_name], "weights": ref.vae.state_dict()}, tmp_path / "vae.pt")
+    main(["--checkpoint", str(tmp_path / "vae.pt"), "--vae-only", "--output", str(tmp_path / "vae")])
+    vae = AutoModel.from_pretrained(tmp_path / "vae")
+    images = pixels(vae.config)
+    assert torch.equal(vae.get_codebook_indices(images), ref.vae.get_codebook_indices(images))
