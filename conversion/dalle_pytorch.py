@@ -171,7 +171,7 @@ def main(argv=None):
         model = convert_dalle(obj["weights"], config)
         card = render_model_card(
             "dalle.md", source=args.checkpoint, num_hidden_layers=config.num_hidden_layers,
-            hidden_size=config.hidden_size, attn_types=", ".join(config.layer_types),
+            hidden_size=config.hidden_size, attn_types=", ".join(config.layer_attn_types),
             image_size=config.vae_config.image_size, text_seq_len=config.text_seq_len,
         )
     save_converted(model, args.output, card=card, push_to_hub=args.push_to_hub)
