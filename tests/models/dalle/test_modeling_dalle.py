@@ -65,7 +65,7 @@ def test_gradient_checkpointing_matches_plain_backward():
     assert max_abs_diff(grads[0], grads[1]) <= 1e-6
 
 
-def test_any_to_any_pipeline_returns_images():
+def test_any_to_any_pipeline_returns_images(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, pipeline
 
@@ -76,7 +76,10 @@ def test_any_to_any_pipeline_returns_images():
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]")
     processor = DalleProcessor(tokenizer, text_seq_len=model.config.text_seq_len)
     assert processor("a red cat")["input_ids"].tolist() == [[1, 2, 3, 0, 0]]
-    pipe = pipeline("any-to-any", model=model, processor=processor)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    pipe = pipeline("any-to-any", model=str(tmp_path))  # AutoModelForMultimodalLM + AutoProcessor
+    assert isinstance(pipe.processor, DalleProcessor) and pipe.processor.text_seq_len == model.config.text_seq_len
     out = pipe(text="a blue dog", generation_mode="image", generate_kwargs=dict(do_sample=False))
     size = model.config.vae_config.image_size
     assert out[0]["generated_image"].size == (size, size)
@@ -124,3 +127,12 @@ def test_bad_vae_config_raises():
         DiscreteVAEConfig(image_size=24)
     with pytest.raises(ValueError, match="normalization"):
         DiscreteVAEConfig(channels=3, normalization=((0.5,), (0.5,)))
+
+
+def test_guided_generation_leaves_the_callers_text_untouched():
+    """dalle-pytorch zeroes the caller's text in place during guidance; hf_mm batches a null copy instead."""
+    model = tiny_model()
+    text = text_ids(model.config)
+    before = text.clone()
+    model.generate(text, cond_scale=3.0, do_sample=False)
+    assert torch.equal(text, before)
