@@ -288,13 +288,15 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
         use_cache: bool | None = None,
         return_loss: bool = False,
         cond_scale: float | None = None,
+        null_cond_prob: float = 0.0,
         **kwargs,
     ) -> DalleOutput:
         """Logits `(b, n, V)` for the new positions; `loss` when `return_loss` (needs the whole image).
 
         `cond_scale` (classifier-free guidance): the batch is run twice, with and without the text (the
         null-text rows live in the same cache, after the conditional ones), and the logits are
-        `null + (cond - null) * cond_scale`.
+        `null + (cond - null) * cond_scale`. `null_cond_prob` (training for guidance) replaces the text of each
+        row by padding with that probability (a copy: the caller's `input_ids` are never modified).
         """
         if attention_mask is not None and not bool(attention_mask.bool().all()):
             raise ValueError("attention_mask must be all ones or None: DALL-E pads text with per-position pad "
@@ -305,6 +307,12 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
         past_length = past_key_values.get_seq_length(0) if past_key_values is not None and len(past_key_values.layers) else 0
         full_tokens = self.unified_tokens(input_ids, image_ids, pixel_values, past_length)
         tokens = full_tokens[:, : self.config.max_seq_len - past_length]  # the very last code is never an input
+        if not 0 <= null_cond_prob <= 1:
+            raise ValueError(f"null_cond_prob must be in [0, 1], got {null_cond_prob}")
+        if null_cond_prob > 0:
+            dropped = torch.rand(tokens.shape[0], device=tokens.device) < null_cond_prob
+            tokens = torch.where(dropped[:, None], self.null_text(tokens, past_length), tokens)
+            full_tokens = torch.cat((tokens, full_tokens[:, tokens.shape[1]:]), dim=1)
         guided = cond_scale is not None and cond_scale != 1
         if guided:
             tokens = torch.cat((tokens, self.null_text(tokens, past_length)), dim=0)

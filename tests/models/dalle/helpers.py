@@ -10,6 +10,9 @@ VAE_CONFIGS = {
     "3layers-plain": dict(image_size=32, num_layers=3, num_tokens=24, codebook_dim=8, hidden_dim=8),
     "1layer-2blocks-gray": dict(image_size=16, num_layers=1, num_tokens=16, codebook_dim=12, hidden_dim=8,
                                 num_resnet_blocks=2, channels=1, normalization=((0.3,), (0.7,))),
+    "straight-through-reinmax-l1-kl": dict(image_size=16, num_layers=2, num_tokens=20, codebook_dim=8, hidden_dim=8,
+                                           straight_through=True, reinmax=True, smooth_l1_loss=True,
+                                           kl_div_loss_weight=0.5, temperature=0.6),
 }
 
 BASE = dict(dim=32, num_text_tokens=50, text_seq_len=6, depth=2, heads=2, dim_head=16)

@@ -133,3 +133,27 @@ def test_generate_rejects_bad_sampling_arguments():
         model.generate(text, generation_mode="text")
     with pytest.raises(ValueError, match="num_init_img_tokens"):
         model.generate(text, init_image=pixels(model.config.vae_config), num_init_img_tokens=model.config.image_seq_len)
+
+
+def test_reranking_with_hf_mm_x_clip():
+    from hf_mm.models.x_clip import XClipConfig, XClipModel
+
+    model = tiny_model()
+    size = model.config.vae_config.image_size
+    tower = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, head_dim=16)
+    torch.manual_seed(0)
+    clip = XClipModel(XClipConfig(
+        text_config=dict(vocab_size=model.config.num_text_tokens, max_position_embeddings=16, **tower),
+        vision_config=dict(image_size=size, patch_size=8, patch_dropout=0.0, **tower), projection_dim=16,
+    )).eval()
+    text = text_ids(model.config, batch=3)
+    torch.manual_seed(0)
+    plain = model.generate_images(text, filter_thres=0.0)
+    torch.manual_seed(0)
+    ranked = model.generate_images(text, filter_thres=0.0, reranker=clip)
+    with torch.no_grad():
+        images = model.vae_to_unit_range(plain.pixel_values)
+        expected = (clip.get_text_features(text) * clip.get_image_features(images)).sum(-1)  # normalised latents
+    order = expected.argsort(descending=True)
+    assert max_abs_diff(ranked.scores, expected[order]) <= 1e-5
+    assert torch.equal(ranked.image_ids, plain.image_ids[order])

@@ -125,3 +125,19 @@ def test_cli_converts_training_checkpoints(tmp_path):
     vae = AutoModel.from_pretrained(tmp_path / "vae")
     images = pixels(vae.config)
     assert torch.equal(vae.get_codebook_indices(images), ref.vae.get_codebook_indices(images))
+
+
+def test_null_condition_training_matches_reference_and_keeps_input():
+    ref, model = converted_pair("sandwich-stable")
+    config = model.config
+    text, codes = text_ids(config), image_codes(config)
+    before = text.clone()
+    with torch.no_grad():
+        expected = ref(text.clone(), codes, return_loss=True, null_cond_prob=1.0)
+        out = model(text, image_ids=codes, return_loss=True, null_cond_prob=1.0, use_cache=False)
+        kept = model(text, image_ids=codes, return_loss=True, use_cache=False)
+    assert abs(out.loss.item() - expected.item()) <= TOL
+    assert abs(out.loss.item() - kept.loss.item()) > 1e-4
+    assert torch.equal(text, before)
+    with pytest.raises(ValueError, match="null_cond_prob"):
+        model(text, null_cond_prob=1.5, use_cache=False)
