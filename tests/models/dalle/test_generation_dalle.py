@@ -12,6 +12,8 @@ VARIANTS = {
     "mixed-shift-rotary": {},
     "mixed-reversible-sandwich-stable": dict(reversible=True, sandwich_norm=True, stable=True),
     "mixed-no-shift-axial-positions": dict(shift_tokens=False, rotary_emb=False),
+    **{f"only-{t}": dict(attn_types=[t], num_hidden_layers=2)
+       for t in ("full", "axial_row", "axial_col", "conv_like", "sparse")},
 }
 
 
