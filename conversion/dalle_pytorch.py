@@ -36,10 +36,10 @@ IGNORED_DALLE_KWARGS = {"vae", "sparse_attn", "optimize_for_inference"}  # no-op
 _LAYER_KEY = re.compile(r"transformer\.layers\.(?:layers\.(\d+)\.([01])|blocks\.(\d+)\.([fg])\.net)\.(.+)")
 _BRANCH = {"0": 0, "1": 1, "f": 0, "g": 1}
 _ATTN_SUFFIX = {"scale": "ls1.gamma", "norm.weight": "norm1.weight", "norm.bias": "norm1.bias",
-                "norm_out.weight": "post_attn_norm.weight", "norm_out.bias": "post_attn_norm.bias",
+                "norm_out.weight": "post_norm1.weight", "norm_out.bias": "post_norm1.bias",
                 "to_out.0.weight": "attn.o_proj.weight", "to_out.0.bias": "attn.o_proj.bias"}
 _FF_SUFFIX = {"scale": "ls2.gamma", "norm.weight": "norm2.weight", "norm.bias": "norm2.bias",
-              "norm_out.weight": "post_mlp_norm.weight", "norm_out.bias": "post_mlp_norm.bias",
+              "norm_out.weight": "post_norm2.weight", "norm_out.bias": "post_norm2.bias",
               "net.0.weight": "mlp.fc1.weight", "net.0.bias": "mlp.fc1.bias",
               "net.3.weight": "mlp.fc2.weight", "net.3.bias": "mlp.fc2.bias"}
 

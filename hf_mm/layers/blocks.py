@@ -4,7 +4,8 @@
   open_clip / ViT, or parallel (`x + attn(norm1(x)) + mlp(norm1(x))`) as in PaLM / GPT-J. The attention is
   self-attention (optionally causal, rotary) or cross-attention to a context (`norm_context` on it).
   Optional layer scale on each branch. `attn_out_norm` / `mlp_inner_norm` add x-clip's LayerNorms after
-  the attention output projection and inside the (gated) MLP.
+  the attention output projection and inside the (gated) MLP. `post_norm` adds the sandwich norm (a
+  LayerNorm on each branch output, before its layer scale).
 - `AttentionalPooler`: learned queries cross-attend to tokens (CoCa's image pooling).
 """
 
@@ -67,6 +68,7 @@ class TransformerBlock(GradientCheckpointingLayer):
         rotate_values: bool = False,
         attn_out_norm: bool = False,
         mlp_inner_norm: bool = False,
+        post_norm: bool = False,
     ):
         super().__init__()
         self.parallel = parallel
@@ -85,6 +87,9 @@ class TransformerBlock(GradientCheckpointingLayer):
         self.norm2 = None if parallel else LayerNorm(dim, eps=norm_eps, bias=norm_bias)
         self.mlp = make_mlp(dim, mlp_dim, mlp_act, gated_mlp, mlp_bias, norm_eps, inner_norm=mlp_inner_norm)
         self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
+        # sandwich norm (CogView, DALL-E): `x + ls(post_norm(branch(norm(x))))`
+        self.post_norm1 = LayerNorm(dim, eps=norm_eps, bias=norm_bias) if post_norm else None
+        self.post_norm2 = LayerNorm(dim, eps=norm_eps, bias=norm_bias) if post_norm else None
 
     def forward(
         self,
@@ -103,9 +108,15 @@ class TransformerBlock(GradientCheckpointingLayer):
         attn_out = self.attn(normed, attention_mask, context=context, rotary_angles=rotary_angles,
                              past_key_values=past_key_values)
         if self.parallel:
-            return hidden_states + self.ls1(attn_out) + self.ls2(self.mlp(normed))
-        hidden_states = hidden_states + self.ls1(attn_out)
-        return hidden_states + self.ls2(self.mlp(self.norm2(hidden_states)))
+            return hidden_states + self.ls1(self.post_norm_branch(attn_out, 1)) + self.ls2(
+                self.post_norm_branch(self.mlp(normed), 2))
+        hidden_states = hidden_states + self.ls1(self.post_norm_branch(attn_out, 1))
+        return hidden_states + self.ls2(self.post_norm_branch(self.mlp(self.norm2(hidden_states)), 2))
+
+    def post_norm_branch(self, branch_out: torch.Tensor, branch: int) -> torch.Tensor:
+        """Sandwich norm of branch 1 (attention) or 2 (MLP) output; identity without `post_norm`."""
+        norm = self.post_norm1 if branch == 1 else self.post_norm2
+        return branch_out if norm is None else norm(branch_out)
 
 
 class AttentionalPooler(nn.Module):

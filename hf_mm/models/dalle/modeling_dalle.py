@@ -19,7 +19,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import ModelOutput
 
-from hf_mm.layers import LayerNorm, TransformerBlock
+from hf_mm.layers import LayerNorm, TransformerBlock, init_shared_layer
 
 from .attention_patterns import attention_pattern_mask
 from .configuration_dalle import DalleConfig, layer_scale_init
@@ -59,7 +59,7 @@ class AxialPositionalEmbedding(nn.Module):
 
 class DalleBlock(TransformerBlock):
     """Pre-norm block with DALL-E's options: token shift on the normalised branch inputs, sandwich norm
-    (`post_attn_norm` / `post_mlp_norm`) and output dropout, over the shared attention (boolean pattern mask).
+    (`post_norm` of the shared block) and output dropout, over the shared attention (boolean pattern mask).
 
     `forward(hidden_states (b, n, d), attention_mask (1, 1, n, m), rotary_angles (1, n, r), positions (n,),
     past_key_values) -> (b, n, d)`.
@@ -70,14 +70,12 @@ class DalleBlock(TransformerBlock):
             config, config.hidden_size, config.num_attention_heads, config.head_dim,
             config.hidden_size * config.ff_mult, causal=True, norm_eps=config.layer_norm_eps, qkv_bias=False,
             mlp_act="gelu", gated_mlp=True, layer_scale_init=layer_scale_init(layer_idx + 1), layer_idx=layer_idx,
-            rotary_interleaved=True, rotate_values=True,
+            rotary_interleaved=True, rotate_values=True, post_norm=config.sandwich_norm,
         )
         self.config, self.layer_idx = config, layer_idx
         self.layer_type = config.layer_attn_types[layer_idx]
         self.mlp.dropout.p = config.ff_dropout
         self.attn_dropout = nn.Dropout(config.attention_dropout)
-        norm = (lambda: LayerNorm(config.hidden_size, eps=config.layer_norm_eps)) if config.sandwich_norm else nn.Identity
-        self.post_attn_norm, self.post_mlp_norm = norm(), norm()
 
     def _shift(self, normed, positions, past_key_values, slot):
         """Token shift of `normed (b, n, d)`; the unshifted inputs are appended to the cache at `slot`."""
@@ -95,13 +93,13 @@ class DalleBlock(TransformerBlock):
         slot = self.config.num_hidden_layers + 2 * self.layer_idx
         normed = self._shift(self.norm1(hidden_states), positions, past_key_values, slot)
         attn_out = self.attn(normed, attention_mask, rotary_angles=rotary_angles, past_key_values=past_key_values)
-        return self.ls1(self.post_attn_norm(self.attn_dropout(attn_out)))
+        return self.ls1(self.post_norm_branch(self.attn_dropout(attn_out), 1))
 
     def mlp_branch(self, hidden_states, positions, past_key_values):
         """Residual update of the feed-forward branch: `ls2(post_norm(mlp(shift(norm2(x)))))`, `(b, n, d)`."""
         slot = self.config.num_hidden_layers + 2 * self.layer_idx + 1
         normed = self._shift(self.norm2(hidden_states), positions, past_key_values, slot)
-        return self.ls2(self.post_mlp_norm(self.mlp(normed)))
+        return self.ls2(self.post_norm_branch(self.mlp(normed), 2))
 
     def forward(self, hidden_states, attention_mask=None, rotary_angles=None, positions=None,
                 past_key_values=None, **kwargs):
@@ -144,10 +142,7 @@ class DallePreTrainedModel(PreTrainedModel):
         elif isinstance(module, AxialPositionalEmbedding):
             init.normal_(module.row_emb, std=1.0)
             init.normal_(module.col_emb, std=1.0)
-        elif isinstance(module, DalleBlock):
-            value = layer_scale_init(module.layer_idx + 1)
-            init.constant_(module.ls1.gamma, value)
-            init.constant_(module.ls2.gamma, value)
+        init_shared_layer(module, std)  # LayerScale: its per-layer init value
 
 
 class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, GenerationMixin):

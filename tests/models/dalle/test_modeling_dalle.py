@@ -136,3 +136,13 @@ def test_guided_generation_leaves_the_callers_text_untouched():
     before = text.clone()
     model.generate(text, cond_scale=3.0, do_sample=False)
     assert torch.equal(text, before)
+
+
+def test_layer_scale_init_depends_on_the_layer_index():
+    """dalle-pytorch: 0.1 for layers 1-18, 1e-5 for 19-24, 1e-6 after (1-based, independent of depth)."""
+    config = DalleConfig(vae_config=VAE_CONFIGS["3layers-plain"], num_text_tokens=10, text_seq_len=2,
+                         hidden_size=8, num_attention_heads=1, head_dim=8, num_hidden_layers=26)
+    model = DalleForImageGeneration(config)
+    values = [layer.ls1.gamma[0].item() for layer in model.layers]
+    assert values == pytest.approx([0.1] * 18 + [1e-5] * 6 + [1e-6] * 2)
+    assert all(torch.equal(layer.ls1.gamma, layer.ls2.gamma) for layer in model.layers)
