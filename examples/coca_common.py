@@ -1,32 +1,13 @@
-"""Pieces shared by the CoCa examples: a word-level caption tokenizer, a tiny config, a data collator."""
+"""Pieces shared by the CoCa examples (demo, train_coca): a caption processor, a tiny config, a data collator."""
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from hf_mm.models.coca import CocaConfig, CocaImageProcessor, CocaProcessor
 
-SPECIAL_TOKENS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]  # ids 0..3
-
-
-def word_tokenizer(words: list[str], max_length: int = 32) -> PreTrainedTokenizerFast:
-    """Whitespace word-level tokenizer; `[BOS]` is prepended to every text, so `text=""` encodes to `[BOS]`.
-
-    `[EOS]` is not appended automatically (a prompt must not end in it): training texts carry it explicitly,
-    see `CocaCaptionCollator`.
-    """
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + list(dict.fromkeys(words)))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[BOS] $A", pair="[BOS] $A $B", special_tokens=[("[BOS]", vocab["[BOS]"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]", unk_token="[UNK]",
-        model_max_length=max_length,
-    )
+from .training_common import ImageCaptionCollator, word_tokenizer
 
 
 def caption_processor(words: list[str], image_size: int = 32) -> CocaProcessor:
@@ -61,19 +42,10 @@ def tiny_coca_config(tokenizer: PreTrainedTokenizerFast, image_size: int = 32, p
     return CocaConfig(**config)
 
 
-class CocaCaptionCollator:
+class CocaCaptionCollator(ImageCaptionCollator):
     """Rows `{"image": PIL, "caption": str}` -> `pixel_values`, `input_ids` (`[BOS] caption [EOS]`),
-    `attention_mask`, `labels` (= input_ids; the model shifts them and ignores padding), `return_loss`."""
+    `attention_mask`, `labels` (= input_ids, -100 at padding; the model shifts them), `return_loss`."""
 
     def __init__(self, processor: CocaProcessor, image_column: str = "image", text_column: str = "caption"):
-        self.processor, self.image_column, self.text_column = processor, image_column, text_column
-
-    def __call__(self, rows: list[dict]) -> dict:
-        eos = self.processor.tokenizer.eos_token
-        images = [row[self.image_column].convert("RGB") for row in rows]
-        texts = [f"{row[self.text_column]} {eos}" for row in rows]
-        batch = dict(self.processor(images=images, text=texts, return_tensors="pt"))
-        batch.pop("token_type_ids", None)
-        batch["labels"] = batch["input_ids"].clone()
-        batch["return_loss"] = True
-        return batch
+        super().__init__(processor, image_column, text_column, text_template="{} " + processor.tokenizer.eos_token,
+                         labels=True)

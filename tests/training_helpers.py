@@ -1,0 +1,62 @@
+"""What the tests of the Trainer examples (tests/test_train_*.py) share: logged losses, a resume check, and a
+real 2-process torchrun (gloo, CPU) launch of an example module."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN_TIMEOUT_S = 300
+
+
+def losses(log_history) -> dict[int, float]:
+    """`{step: training loss}` from `trainer.state.log_history`."""
+    return {h["step"]: h["loss"] for h in log_history if "loss" in h}
+
+
+def check_train_evaluate_and_resume(main, tmp_path: Path, common: list[str]) -> dict:
+    """2 steps, then resume to 4 steps: finite eval loss, checkpoints, `final/`, and the same logged losses as 4
+    steps in one go (the resumed run restores model, optimiser, scheduler, RNG and data order)."""
+    out = str(tmp_path / "run")
+    first = main(["--output-dir", out, "--max-steps", "2", "--save-steps", "2", *common])
+    assert math.isfinite(first["eval_loss"]) and (tmp_path / "run" / "checkpoint-2").is_dir()
+    resumed = main(["--output-dir", out, "--max-steps", "4", "--save-steps", "2", "--resume", *common])
+    assert resumed["resumed_from"].endswith("checkpoint-2")
+    assert (tmp_path / "run" / "checkpoint-4").is_dir() and (tmp_path / "run" / "final" / "config.json").is_file()
+    assert sorted(losses(resumed["log_history"])) == [1, 2, 3, 4]
+    straight = main(["--output-dir", str(tmp_path / "straight"), "--max-steps", "4", "--save-steps", "4", *common])
+    assert losses(resumed["log_history"]) == pytest.approx(losses(straight["log_history"]), rel=1e-4)
+    assert resumed["eval_loss"] == pytest.approx(straight["eval_loss"], rel=1e-4)
+    with pytest.raises(ValueError, match="--resume: no checkpoint"):
+        main(["--output-dir", str(tmp_path / "empty"), "--max-steps", "1", "--resume", *common])
+    return resumed
+
+
+def torchrun(module: str, args: list[str], output_dir: Path, nproc: int = 2) -> dict:
+    """`torchrun --standalone --nproc_per_node nproc -m module --output-dir output_dir *args` on CPU (gloo);
+    returns the `metrics.json` it wrote. On failure the assertion shows the launcher's log (no progress bars)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", module, "--output-dir", str(output_dir), *args]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        log = ((exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else exc.stdout or "") + \
+              ((exc.stderr or b"").decode() if isinstance(exc.stderr, bytes) else exc.stderr or "")
+        pytest.fail(f"torchrun {module} timed out after {TORCHRUN_TIMEOUT_S} s:\n{_tail(log)}")
+    assert proc.returncode == 0, f"torchrun {module} exited with {proc.returncode}:\n{_tail(proc.stdout + proc.stderr)}"
+    metrics = json.loads((Path(output_dir) / "metrics.json").read_text())
+    assert metrics["world_size"] == nproc, metrics["world_size"]
+    return metrics
+
+
+def _tail(log: str, lines: int = 80) -> str:
+    kept = [line for line in log.splitlines() if "it/s]" not in line and "s/it]" not in line]
+    return "\n".join(kept[-lines:])
