@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin
 from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.utils import ModelOutput
 
@@ -31,6 +31,7 @@ from ...layers import (
     init_shared_layer,
     self_attention_mask,
 )
+from ...modeling_utils import HfMmPreTrainedModel
 from .configuration_coca import CocaConfig
 
 
@@ -164,7 +165,7 @@ class CocaDecoderLayer(nn.Module):
         return self.cross_block(x, context=context, past_key_values=past_key_values)
 
 
-class CocaPreTrainedModel(PreTrainedModel):
+class CocaPreTrainedModel(HfMmPreTrainedModel):
     config: CocaConfig
     base_model_prefix = "coca"
     main_input_name = "input_ids"

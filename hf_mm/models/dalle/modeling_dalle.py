@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import ModelOutput
 
 from hf_mm.layers import LayerNorm, TransformerBlock, init_shared_layer
+from hf_mm.modeling_utils import HfMmPreTrainedModel
 
 from .attention_patterns import attention_pattern_mask
 from .configuration_dalle import DalleConfig, layer_scale_init
@@ -115,7 +116,7 @@ class DalleBlock(TransformerBlock):
         return hidden_states + self.mlp_branch(hidden_states, positions, past_key_values)
 
 
-class DallePreTrainedModel(PreTrainedModel):
+class DallePreTrainedModel(HfMmPreTrainedModel):
     config: DalleConfig
     base_model_prefix = "dalle"
     main_input_name = "input_ids"

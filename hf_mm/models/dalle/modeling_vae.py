@@ -10,8 +10,9 @@ from math import isqrt
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
+
+from hf_mm.modeling_utils import HfMmPreTrainedModel
 
 from .configuration_dalle import DiscreteVAEConfig
 
@@ -44,7 +45,7 @@ class DiscreteVAEOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
 
 
-class DiscreteVAEPreTrainedModel(PreTrainedModel):
+class DiscreteVAEPreTrainedModel(HfMmPreTrainedModel):
     config: DiscreteVAEConfig
     base_model_prefix = "vae"
     main_input_name = "pixel_values"

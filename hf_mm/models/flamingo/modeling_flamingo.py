@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin
 from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_outputs import ModelOutput
 
 from hf_mm.layers import (
     CrossAttentionCacheMixin, LayerNorm, RotaryEmbedding, TransformerBlock, VisionTransformer, self_attention_mask,
 )
+from hf_mm.modeling_utils import HfMmPreTrainedModel
 
 from .configuration_flamingo import FlamingoConfig
 from .cross_attention import GatedCrossAttentionBlock, media_time_from_ids, text_to_media_mask
@@ -45,7 +46,7 @@ class FlamingoCausalLMOutput(ModelOutput):
     media_latents: torch.FloatTensor | None = None
 
 
-class FlamingoPreTrainedModel(PreTrainedModel):
+class FlamingoPreTrainedModel(HfMmPreTrainedModel):
     config: FlamingoConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"

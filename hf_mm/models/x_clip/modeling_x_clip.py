@@ -10,12 +10,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from hf_mm.layers import LayerNorm, LogitScale, RotaryEmbedding, TransformerBlock, self_attention_mask
 from hf_mm.layers.vision import PatchDropout
+from hf_mm.modeling_utils import HfMmPreTrainedModel
 
 from .configuration_x_clip import XClipConfig, XClipTextConfig, XClipVisionConfig
 from .image_augmentation_x_clip import default_ssl_augmentation
@@ -141,7 +142,7 @@ class DownsampleProjection(nn.Module):
         return self.pointwise(self.depthwise(grid)).flatten(2).transpose(1, 2)
 
 
-class XClipPreTrainedModel(PreTrainedModel):
+class XClipPreTrainedModel(HfMmPreTrainedModel):
     config: XClipConfig
     base_model_prefix = "x_clip"
     main_input_name = "input_ids"

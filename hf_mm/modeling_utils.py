@@ -1,0 +1,84 @@
+"""`HfMmPreTrainedModel`: the base of every hf_mm model. It adds two guarantees to transformers' PreTrainedModel.
+
+- Strict loading. transformers' `from_pretrained` loads a checkpoint with missing tensors (they are randomly
+  initialised and only a warning is logged), ignores unexpected ones, and reports wrong shapes only in the
+  log. hf_mm models raise `CheckpointMismatchError` listing every missing, unexpected and mis-shaped tensor
+  instead, and a truncated or corrupt safetensors file raises `CheckpointCorruptError` naming the file.
+  Tied weights and non-persistent buffers are never reported (transformers rebuilds them). `strict=False`
+  restores transformers' lenient behaviour, for deliberate partial loads.
+- Generation arguments are validated (`max_new_tokens`, `num_beams`, `top_p`, `temperature`, ...) before
+  `generate()` runs, with errors naming the argument and the expected range.
+"""
+
+from __future__ import annotations
+
+from safetensors import SafetensorError
+from transformers import PreTrainedModel
+
+from .layers.validation import check_generation_config
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's tensors do not match the model: lists the missing, unexpected and mis-shaped ones."""
+
+
+class CheckpointCorruptError(ValueError):
+    """A weights file could not be read (truncated, corrupt, or not a safetensors file)."""
+
+
+def loading_problems(info: dict) -> list[str]:
+    """Human-readable problems from transformers' loading info (`output_loading_info=True`)."""
+    problems = []
+    if info.get("missing_keys"):
+        problems.append(f"missing tensors: {sorted(info['missing_keys'])}")
+    if info.get("unexpected_keys"):
+        problems.append(f"unexpected tensors: {sorted(info['unexpected_keys'])}")
+    if info.get("mismatched_keys"):
+        shapes = [f"{key} (checkpoint {tuple(ckpt)} vs model {tuple(model)})"
+                  for key, ckpt, model in sorted(info["mismatched_keys"])]
+        problems.append(f"wrong shapes: {shapes}")
+    if info.get("error_msgs"):
+        problems.append(f"errors: {list(info['error_msgs'])}")
+    return problems
+
+
+class HfMmPreTrainedModel(PreTrainedModel):
+    """PreTrainedModel with strict `from_pretrained` and validated `generate()` arguments (see module doc)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
+        """transformers' `from_pretrained`; with `strict=True` (default) any missing, unexpected or mis-shaped
+        tensor raises `CheckpointMismatchError` (listing them) instead of leaving random weights."""
+        if not strict:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if kwargs.pop("ignore_mismatched_sizes", False):
+            raise ValueError("ignore_mismatched_sizes=True re-initialises the mis-shaped weights at random; "
+                             "pass strict=False as well if that is really intended")
+        want_info = kwargs.pop("output_loading_info", False)
+        try:
+            # mismatched sizes are collected (not raised with a message that only points at the log) and reported below
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, ignore_mismatched_sizes=True, output_loading_info=True,
+                **kwargs,
+            )
+        except SafetensorError as err:
+            raise CheckpointCorruptError(
+                f"cannot read the weights of {pretrained_model_name_or_path}: the safetensors file is truncated "
+                f"or corrupt ({err}); re-download or re-convert it"
+            ) from err
+        problems = loading_problems(info)
+        if problems:
+            raise CheckpointMismatchError(
+                f"{cls.__name__}.from_pretrained({str(pretrained_model_name_or_path)!r}): the checkpoint does not "
+                f"match the model; " + "; ".join(problems)
+                + ". Pass strict=False to load it anyway (missing and mis-shaped weights are then random)."
+            )
+        return (model, info) if want_info else model
+
+    def _prepare_generation_config(self, generation_config, **kwargs):
+        generation_config, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
+        check_generation_config(generation_config)
+        return generation_config, model_kwargs
+
+
+__all__ = ["CheckpointCorruptError", "CheckpointMismatchError", "HfMmPreTrainedModel", "loading_problems"]
