@@ -1,18 +1,47 @@
-"""Processor of hf_mm's x-clip: a CLIP BPE tokenizer plus a PIL-backend image processor (no torchvision).
+"""Processor of hf_mm's x-clip: a tokenizer plus a PIL-backend image processor (no torchvision).
 
-x-clip's own tokenizer is OpenAI's CLIP BPE with pad id 0; `CLIPTokenizer` covers it. Images go through
-`CLIPImageProcessorPil` (resize, centre crop, rescale, normalise) to `pixel_values (b, c, H, W)`.
+x-clip's own tokenizer is OpenAI's CLIP BPE without start/end tokens, padded with id 0: a `CLIPTokenizer` over
+x-clip's BPE file called with `add_special_tokens=False` and `text_pad_id=0` gives the same ids (tested). Any
+other tokenizer works too; the model masks padding with the `attention_mask` given here. Images go through `CLIPImageProcessorPil` (resize,
+centre crop, rescale, normalise) to `pixel_values (b, c, H, W)`.
 """
 
-from transformers import ProcessorMixin
+from transformers import BatchFeature, ProcessorMixin
 
 
 class XClipProcessor(ProcessorMixin):
-    """`processor(text=[...], images=[...], padding="max_length", max_length=text_seq_len, return_tensors="pt")`
-    -> `input_ids (b, n)`, `attention_mask (b, n)`, `pixel_values (b, c, H, W)`."""
+    """`processor(text=[...], images=[...], return_tensors="pt")` -> `input_ids (b, n)`, `attention_mask (b, n)`,
+    `pixel_values (b, c, H, W)`.
 
-    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
-        super().__init__(image_processor, tokenizer)
+    Texts are padded to the longest one and truncated to `tokenizer.model_max_length` (set it to the model's
+    `text_seq_len`) unless `padding` / `truncation` say otherwise; `token_type_ids` are dropped (x-clip has none).
+    text_pad_id: written at padded positions (x-clip pads with 0, which CLIP's BPE also uses for "!", so it
+        cannot be the tokenizer's own pad token), with `return_tensors="pt"`; None keeps the tokenizer's pad id.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, text_pad_id: int | None = None, **kwargs):
+        if text_pad_id is not None and (not isinstance(text_pad_id, int) or text_pad_id < 0):
+            raise ValueError(f"text_pad_id must be a non-negative int or None, got {text_pad_id!r}")
+        self.text_pad_id = text_pad_id
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    def __call__(self, images=None, text=None, **kwargs) -> BatchFeature:
+        if images is None and text is None:
+            raise ValueError("XClipProcessor needs text (a string or a list of strings), images, or both")
+        if text is not None:
+            if not (isinstance(text, str) or (isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text))):
+                raise TypeError(f"text must be a string or a list of strings, got {type(text).__name__}")
+            kwargs.setdefault("padding", True)
+            kwargs.setdefault("truncation", True)
+        out = super().__call__(images=images, text=text, **kwargs)
+        out.pop("token_type_ids", None)
+        if self.text_pad_id is not None and hasattr(out.get("attention_mask"), "masked_fill"):
+            out["input_ids"] = out["input_ids"].masked_fill(out["attention_mask"] == 0, self.text_pad_id)
+        return out
+
+    @property
+    def model_input_names(self):
+        return ["input_ids", "attention_mask", "pixel_values"]
 
 
 __all__ = ["XClipProcessor"]

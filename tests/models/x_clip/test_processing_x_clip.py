@@ -1,0 +1,119 @@
+"""XClipProcessor: x-clip's own token ids from its BPE file, padding/truncation, images, bad input, and the
+save -> AutoProcessor round trip in a fresh process."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPImageProcessorPil, CLIPTokenizer
+
+import hf_mm  # noqa: F401  (registers the Auto classes)
+from hf_mm.models.coca.processing_coca import bytes_to_unicode
+from hf_mm.models.x_clip import XClipConfig, XClipModel
+from hf_mm.models.x_clip.processing_x_clip import XClipProcessor
+from reference_imports import require_reference
+
+ROOT = Path(__file__).resolve().parents[3]
+TEXTS = ["A photo of a CAT!", "two dogs, playing   in the snow.", "x-clip's tokenizer 123"]
+
+
+@pytest.fixture(scope="module")
+def x_clip_tokenizer():
+    return require_reference("x_clip.tokenizer").tokenizer
+
+
+@pytest.fixture(scope="module")
+def processor(x_clip_tokenizer):
+    """CLIP BPE from x-clip's own vocabulary file (as its SimpleTokenizer reads it), 16 px images, pad id 0."""
+    lines = Path(require_reference("x_clip.tokenizer").default_bpe()).read_text(encoding="utf8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1]]
+    chars = list(bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    tokenizer = CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, bos_token="<|startoftext|>",
+                              eos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<|endoftext|>",
+                              model_max_length=12)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    return XClipProcessor(image_processor, tokenizer, text_pad_id=0)
+
+
+def image(seed, shape=(30, 21, 3)):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))
+
+
+def test_token_ids_equal_x_clip_tokenize(processor, x_clip_tokenizer):
+    """x-clip encodes without start/end tokens and pads with 0; the processor reproduces it exactly."""
+    ours = processor(text=TEXTS, add_special_tokens=False, return_tensors="pt")
+    expected = x_clip_tokenizer.tokenize(TEXTS, context_length=12)
+    assert torch.equal(ours["input_ids"], expected)
+    assert torch.equal(ours["attention_mask"].bool(), expected != 0)  # none of these texts contains "!" mid-row
+    assert set(ours) == {"input_ids", "attention_mask"}  # no token_type_ids
+
+
+def test_padding_truncation_and_images(processor):
+    out = processor(images=[image(0), image(1)], text=["a cat", "a photo of a dog in the snow " * 3],
+                    return_tensors="pt")
+    assert out["input_ids"].shape == (2, 12)  # truncated to model_max_length (= text_seq_len)
+    tok = processor.tokenizer
+    assert out["input_ids"][0, :5].tolist() == [tok.bos_token_id, *tok("a cat", add_special_tokens=False)["input_ids"],
+                                               tok.eos_token_id, 0]  # padded with 0, not the pad token
+    assert out["attention_mask"][0].tolist() == [1, 1, 1, 1] + [0] * 8
+    assert out["pixel_values"].shape == (2, 3, 16, 16)
+    single = processor.image_processor(image(1), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(out["pixel_values"][1:], single)
+    longest = processor(text=["a cat", "a photo of a dog"], return_tensors="pt", padding="max_length")
+    assert longest["input_ids"].shape == (2, 12)
+
+
+def test_processor_output_feeds_the_model(processor):
+    torch.manual_seed(0)
+    config = XClipConfig(
+        text_config=dict(vocab_size=len(processor.tokenizer), hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, head_dim=16, max_position_embeddings=12),
+        vision_config=dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           head_dim=16, patch_dropout=0.0),
+        projection_dim=16,
+    )
+    model = XClipModel(config).eval()
+    inputs = processor(images=[image(0), image(1)], text=["a cat", "a dog on the grass"], return_tensors="pt")
+    with torch.no_grad():
+        out = model(**inputs, return_loss=True)
+    assert out.logits_per_image.shape == (2, 2) and torch.isfinite(out.loss)
+
+
+def test_bad_input(processor):
+    with pytest.raises(ValueError, match="needs text .* images, or both"):
+        processor()
+    with pytest.raises(TypeError, match="text must be a string or a list of strings, got int"):
+        processor(text=3)
+    with pytest.raises(ValueError, match="text_pad_id must be a non-negative int"):
+        XClipProcessor(processor.image_processor, processor.tokenizer, text_pad_id=-1)
+
+
+def test_round_trips_through_auto_processor_in_a_fresh_process(processor, tmp_path):
+    XClipConfig(text_config=dict(vocab_size=len(processor.tokenizer), max_position_embeddings=12),
+                vision_config=dict(image_size=16, patch_size=8)).save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    image(3, (19, 27, 3)).save(tmp_path / "image.png")
+    texts = ["a red circle", "a small blue square left of a circle!"]
+    expected = processor(images=Image.open(tmp_path / "image.png"), text=texts, return_tensors="pt")
+    script = textwrap.dedent(f"""
+        import torch, hf_mm
+        from PIL import Image
+        from transformers import AutoProcessor
+        processor = AutoProcessor.from_pretrained({str(tmp_path)!r})
+        assert type(processor).__name__ == "XClipProcessor" and processor.text_pad_id == 0, processor
+        out = processor(images=Image.open({str(tmp_path / 'image.png')!r}), text={texts!r}, return_tensors="pt")
+        torch.save(dict(out), {str(tmp_path / 'processed.pt')!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(tmp_path / "processed.pt", weights_only=True)
+    assert set(got) == set(expected)
+    for key in ("pixel_values", "input_ids", "attention_mask"):
+        assert torch.equal(got[key], expected[key]), key
+    assert expected["input_ids"][0, -1] == 0  # the padded row really exercises text_pad_id
