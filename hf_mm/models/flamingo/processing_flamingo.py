@@ -22,7 +22,8 @@ class FlamingoProcessor(ProcessorMixin):
     def __call__(self, images=None, text=None, return_tensors="pt", **kwargs) -> BatchFeature:
         """
         text: a prompt or a list of prompts, `media_token` marking where each image goes.
-        images: one image, a list of images (one prompt), or a list of lists (one list per prompt).
+        images: one image, a list of images (one prompt), one image per prompt, or a list of lists (one list per
+            prompt).
         Returns `input_ids (b, n)`, `attention_mask (b, n)` and, with images, `pixel_values (b, t, C, H, W)`.
         """
         if text is None:
@@ -49,10 +50,14 @@ class FlamingoProcessor(ProcessorMixin):
             return None
         if not isinstance(images, (list, tuple)):
             images = [images]
-        if batch == 1 and not any(isinstance(x, (list, tuple)) for x in images):
+        nested = [isinstance(x, (list, tuple)) for x in images]
+        if batch == 1 and not any(nested):
             return [list(images)]
-        if len(images) != batch or not all(isinstance(x, (list, tuple)) for x in images):
-            raise ValueError(f"images must be one list of images per prompt ({batch} prompts)")
+        if len(images) == batch and not any(nested):  # one image per prompt (how pipelines batch)
+            return [[x] for x in images]
+        if len(images) != batch or not all(nested):
+            raise ValueError(f"images must be one image per prompt or one list of images per prompt ({batch} prompts), "
+                             f"got {len(images)} entries")
         return [list(x) for x in images]
 
     def _place_media_tokens(self, text: str, num_images: int, index: int) -> str:
