@@ -40,17 +40,18 @@ class GatedCrossAttentionBlock(GradientCheckpointingLayer):
     Both gates start at 0, so an untrained block is the identity. Cross-attention K/V over the latents are
     stored once in the cross-attention half of an `EncoderDecoderCache` at `layer_idx`.
 
-    `forward(hidden_states (b, n, d), media_latents (b, t * l, d) | None, media_mask (b, 1, n, t * l),
-    attends (b, n, 1)) -> (b, n, d)`
+    `forward(hidden_states (b, n, d), media_latents (b, t * l, d_media) | None, media_mask (b, 1, n, t * l),
+    attends (b, n, 1)) -> (b, n, d)`; queries come from the text width `d`, K/V from the perceiver width.
     """
 
-    def __init__(self, config, text_config, layer_idx: int):
+    def __init__(self, config, layer_idx: int):
         super().__init__()
-        d, eps = text_config.hidden_size, text_config.layer_norm_eps
+        d, eps = config.text_config.hidden_size, config.cross_attn_layer_norm_eps
         self.norm1 = LayerNorm(d, eps=eps)
         self.attn = Attention(
-            text_config, d, text_config.num_attention_heads, text_config.head_dim,
-            is_cross_attention=True, qkv_bias=False, out_bias=False, layer_idx=layer_idx,
+            config, d, config.cross_attn_num_heads, config.cross_attn_head_dim,
+            kv_dim=config.perceiver_config.hidden_size, is_cross_attention=True, qkv_bias=False, out_bias=False,
+            layer_idx=layer_idx,
         )
         self.attn_gate = nn.Parameter(torch.zeros(1))
         self.norm2 = LayerNorm(d, eps=eps)

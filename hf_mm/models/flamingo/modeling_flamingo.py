@@ -1,19 +1,22 @@
-"""Flamingo (lucidrains' `FlamingoPaLM`) as a transformers model with native, cached `generate()`.
+"""Flamingo as a transformers model with native, cached `generate()`.
 
-vision tower (vit-pytorch ViT layout) -> perceiver resampler -> PaLM decoder whose layers `0, k, 2k, ...` are
-followed by a tanh-gated cross-attention to the media latents. Einstein notation: `b` batch, `n` text
-positions, `t` media per sample, `f` frames, `l` latents, `d` features.
+vision tower -> perceiver resampler -> language model with tanh-gated cross-attention to the media latents at
+the layers `config.cross_attention_layer_ids()`. The language model is the built-in PaLM decoder (lucidrains'
+`FlamingoPaLM`) or any transformers causal LM (OpenFlamingo), whose decoder layers get the cross-attention
+through hooks (`language_model.py`). Einstein notation: `b` batch, `n` text positions, `t` media per sample,
+`f` frames, `l` latents, `d` features.
 
 Generation: media are encoded and resampled once per `generate()` call (the latents ride along in
 `model_kwargs`); cross-attention K/V over the latents are projected once into an `EncoderDecoderCache`;
-`media_time` is recomputed from the full `input_ids` at every step, so new tokens attend the latest medium.
+`media_time` is recomputed from the full `input_ids` at every step, so new tokens attend the latest medium. A
+wrapped LM keeps its own self-attention cache (the self-attention half of the `EncoderDecoderCache`).
 """
 
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import GenerationMixin
+from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_outputs import ModelOutput
 
@@ -24,6 +27,7 @@ from hf_mm.modeling_utils import HfMmPreTrainedModel
 
 from .configuration_flamingo import FlamingoConfig
 from .cross_attention import GatedCrossAttentionBlock, media_time_from_ids, text_to_media_mask
+from .language_model import MediaConditioning, attach_cross_attention, build_language_model, find_decoder_layers
 from .perceiver import PerceiverResampler
 
 
@@ -81,45 +85,74 @@ class FlamingoPreTrainedModel(HfMmPreTrainedModel):
 
 
 class FlamingoModel(FlamingoPreTrainedModel):
-    """Vision tower, perceiver and PaLM decoder; `forward(...) -> FlamingoModelOutput`."""
+    """Vision tower, perceiver, language model and cross-attention blocks; `forward(...) -> FlamingoModelOutput`.
 
-    def __init__(self, config: FlamingoConfig):
+    Built-in PaLM: `embed_tokens`, `layers`, `norm` here. Any other LM: `language_model` is the LM's base model
+    (`AutoModel.from_config(text_config)`, or the one passed in), its state-dict names unchanged.
+    """
+
+    def __init__(self, config: FlamingoConfig, language_model: PreTrainedModel | None = None):
         super().__init__(config)
         self.config._attn_implementation = self.config._attn_implementation  # reach the sub-configs
         config.validate_architecture()
         text = config.text_config
         self.vision_model = VisionTransformer(config.vision_config)
         self.perceiver = PerceiverResampler(config.perceiver_config)
-        self.embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size)
-        self.rotary = RotaryEmbedding(text.head_dim, base=text.rope_theta)
-        self.layers = nn.ModuleList(
-            TransformerBlock(
-                text, text.hidden_size, text.num_attention_heads, text.head_dim, text.intermediate_size,
-                num_kv_heads=text.num_key_value_heads, causal=True, parallel=True, norm_bias=False,
-                norm_eps=text.layer_norm_eps, qkv_bias=False, out_bias=False, mlp_bias=False,
-                mlp_act=text.hidden_act, gated_mlp=True, layer_idx=i,
-            )
-            for i in range(text.num_hidden_layers)
-        )
-        # keyed by the index of the decoder layer they follow; that index is also their cross-attention cache slot
+        # keyed by the index of the decoder layer they sit at; that index is also their cross-attention cache slot
         self.cross_attn_layers = nn.ModuleDict(
-            {str(i): GatedCrossAttentionBlock(config, text, layer_idx=i) for i in config.cross_attention_layer_ids()}
+            {str(i): GatedCrossAttentionBlock(config, layer_idx=i) for i in config.cross_attention_layer_ids()}
         )
-        self.norm = LayerNorm(text.hidden_size, eps=text.layer_norm_eps, bias=False)
+        self.media_conditioning: MediaConditioning | None = None  # set only while the wrapped LM runs
+        if config.uses_builtin_text_model:
+            self.language_model = None
+            self.embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size)
+            self.rotary = RotaryEmbedding(text.head_dim, base=text.rope_theta)
+            self.layers = nn.ModuleList(
+                TransformerBlock(
+                    text, text.hidden_size, text.num_attention_heads, text.head_dim, text.intermediate_size,
+                    num_kv_heads=text.num_key_value_heads, causal=True, parallel=True, norm_bias=False,
+                    norm_eps=text.layer_norm_eps, qkv_bias=False, out_bias=False, mlp_bias=False,
+                    mlp_act=text.hidden_act, gated_mlp=True, layer_idx=i,
+                )
+                for i in range(text.num_hidden_layers)
+            )
+            self.norm = LayerNorm(text.hidden_size, eps=text.layer_norm_eps, bias=False)
+        else:
+            if language_model is None:
+                language_model, _ = build_language_model(text, with_head=False)
+            self.language_model = language_model
+            self.decoder_layers_path, layers = find_decoder_layers(
+                self.language_model, text.num_hidden_layers, config.decoder_layers_attr_name
+            )
+            attach_cross_attention(self, layers, config.cross_attention_layer_ids(),
+                                   before=config.cross_attn_placement == "before")
         self.gradient_checkpointing = False
         self.post_init()
 
     def get_input_embeddings(self):
+        if self.language_model is not None:
+            return self.language_model.get_input_embeddings()
         return self.embed_tokens
 
     def set_input_embeddings(self, value):
-        self.embed_tokens = value
+        if self.language_model is not None:
+            self.language_model.set_input_embeddings(value)
+        else:
+            self.embed_tokens = value
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Vision tokens: `(b, t, C, H, W) -> (b, t, n, d)`, videos `(b, t, f, C, H, W) -> (b, t, f, n, d)`."""
+        """Vision tokens: `(b, t, C, H, W) -> (b, t, n, d)`, videos `(b, t, f, C, H, W) -> (b, t, f, n, d)`.
+
+        Single-frame "videos" `(b, t, 1, C, H, W)` (OpenFlamingo's `vision_x`) are images when the perceiver has
+        no frame embedding. `vision_feature_select_strategy="default"` drops the class token.
+        """
+        if pixel_values.ndim == 6 and pixel_values.shape[2] == 1 and not self.config.perceiver_config.max_video_frames:
+            pixel_values = pixel_values[:, :, 0]
         self._check_pixel_values(pixel_values)
         media_shape = pixel_values.shape[:-3]
         tokens = self.vision_model(pixel_values.flatten(0, len(media_shape) - 1))
+        if self.config.vision_feature_select_strategy == "default":
+            tokens = tokens[:, 1:]
         return tokens.reshape(*media_shape, *tokens.shape[1:])
 
     def get_media_latents(self, pixel_values=None, image_embeds=None) -> torch.Tensor:
@@ -187,8 +220,7 @@ class FlamingoModel(FlamingoPreTrainedModel):
             raise ValueError(f"pass at most one of pixel_values, image_embeds, media_latents; got {given}")
         if input_ids is not None:
             self._check_input_ids(input_ids)
-            inputs_embeds = self.embed_tokens(input_ids)
-        b, n = inputs_embeds.shape[:2]
+        b, n = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if use_cache and past_key_values is None:
             past_key_values = CrossAttentionCacheMixin.new_cache()
@@ -207,7 +239,31 @@ class FlamingoModel(FlamingoPreTrainedModel):
                 self._check_media_tokens(input_ids, num_media)
             else:  # continuing a cached sequence: every earlier medium has been seen
                 media_time = media_time + num_media
+        conditioning = None
+        if num_media:
+            media_mask, attends = text_to_media_mask(
+                media_time, num_media, self.config.perceiver_config.num_latents,
+                self.config.only_attend_immediate_media,
+            )
+            context = media_latents.flatten(1, 2) if media_latents is not None else None
+            conditioning = MediaConditioning(context, media_mask, attends, past_key_values)
 
+        decode = self._decode_builtin if self.language_model is None else self._decode_language_model
+        hidden = decode(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, conditioning,
+                        use_cache)
+        return FlamingoModelOutput(
+            last_hidden_state=hidden,
+            past_key_values=past_key_values if use_cache else None,
+            media_latents=media_latents,
+        )
+
+    def _decode_builtin(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cond,
+                        use_cache) -> torch.Tensor:
+        """The PaLM decoder with the cross-attention blocks before / after their layers -> `(b, n, d)`."""
+        if input_ids is not None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        n = inputs_embeds.shape[1]
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         if position_ids is None:
             if attention_mask is not None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -n:]
@@ -215,25 +271,36 @@ class FlamingoModel(FlamingoPreTrainedModel):
                 position_ids = torch.arange(past_len, past_len + n, device=inputs_embeds.device)[None]
         rotary_angles = self.rotary(position_ids)
         mask = self_attention_mask(attention_mask, n, causal=True) if attention_mask is not None else None
-        if num_media:
-            media_mask, attends = text_to_media_mask(
-                media_time, num_media, self.config.perceiver_config.num_latents,
-                self.config.only_attend_immediate_media,
-            )
-            context = media_latents.flatten(1, 2) if media_latents is not None else None
+        before = self.config.cross_attn_placement == "before"
+
+        def cross_attend(i, hidden):
+            if cond is None or str(i) not in self.cross_attn_layers:
+                return hidden
+            return self.cross_attn_layers[str(i)](hidden, cond.media_latents, cond.media_mask, cond.attends,
+                                                  past_key_values=past_key_values)
 
         hidden = inputs_embeds
         for i, layer in enumerate(self.layers):
+            hidden = cross_attend(i, hidden) if before else hidden
             hidden = layer(hidden, mask, rotary_angles=rotary_angles, past_key_values=past_key_values)
-            if num_media and str(i) in self.cross_attn_layers:
-                hidden = self.cross_attn_layers[str(i)](
-                    hidden, context, media_mask, attends, past_key_values=past_key_values
-                )
-        return FlamingoModelOutput(
-            last_hidden_state=self.norm(hidden),
-            past_key_values=past_key_values if use_cache else None,
-            media_latents=media_latents,
-        )
+            hidden = hidden if before else cross_attend(i, hidden)
+        return self.norm(hidden)
+
+    def _decode_language_model(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cond,
+                               use_cache) -> torch.Tensor:
+        """The wrapped LM with the media conditioning active for this call only -> `(b, n, d)` (after its final
+        norm). Position ids are the LM's own default unless given (`generate()` gives them from the mask)."""
+        self_cache = past_key_values.self_attention_cache if isinstance(past_key_values, EncoderDecoderCache) \
+            else past_key_values
+        self.media_conditioning = cond
+        try:
+            out = self.language_model(
+                input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                position_ids=position_ids, past_key_values=self_cache, use_cache=use_cache, return_dict=True,
+            )
+        finally:
+            self.media_conditioning = None
+        return out.last_hidden_state
 
     def _cached_num_media(self, cache) -> int:
         """Media count recovered from cross-attention K/V stored on an earlier call (0 when none)."""
@@ -253,17 +320,25 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
     def __init__(self, config: FlamingoConfig):
         super().__init__(config)
         self.config._attn_implementation = self.config._attn_implementation
-        self.model = FlamingoModel(config)
-        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        text = config.text_config
+        if config.uses_builtin_text_model:
+            self.model = FlamingoModel(config)
+            self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
+        else:  # the LM's own head (bias and all) on top of its base model
+            language_model, self.lm_head = build_language_model(text, with_head=True)
+            self.model = FlamingoModel(config, language_model=language_model)
+            embeddings = self.model.language_model.get_input_embeddings()
+            name = next(n for n, m in self.model.language_model.named_modules() if m is embeddings)
+            self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{name}.weight"}
         self.post_init()
         if config.freeze_pretrained:
             self.freeze_pretrained()
 
     def get_input_embeddings(self):
-        return self.model.embed_tokens
+        return self.model.get_input_embeddings()
 
     def set_input_embeddings(self, value):
-        self.model.embed_tokens = value
+        self.model.set_input_embeddings(value)
 
     def get_output_embeddings(self):
         return self.lm_head

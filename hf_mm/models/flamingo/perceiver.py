@@ -42,7 +42,8 @@ class PerceiverResampler(nn.Module):
     - images: `forward(features (b, t, n, d)) -> (b, t, l, d)`
     - videos: `forward(features (b, t, f, n, d)) -> (b, t, l, d)`; a learned time embedding per frame is added,
       then the frames' tokens are concatenated (`b t f n d -> b t (f n) d`).
-    A learned media-position embedding (`media_position_embedding[:t]`) is added to every token of medium t.
+    A learned media-position embedding (`media_position_embedding[:t]`) is added to every token of medium t
+    (none when `max_num_media` is 0: OpenFlamingo).
     """
 
     def __init__(self, config):
@@ -50,7 +51,7 @@ class PerceiverResampler(nn.Module):
         self.config = config
         d = config.hidden_size
         self.latents = nn.Parameter(torch.randn(config.num_latents, d))
-        self.media_position_embedding = nn.Parameter(torch.randn(config.max_num_media, d))
+        self.media_position_embedding = nn.Parameter(torch.randn(config.max_num_media, d)) if config.max_num_media else None
         self.frame_position_embedding = (
             nn.Parameter(torch.randn(config.max_video_frames, d)) if config.max_video_frames else None
         )
@@ -58,7 +59,7 @@ class PerceiverResampler(nn.Module):
         self.norm = LayerNorm(d, eps=config.layer_norm_eps)
 
     def check_media_counts(self, num_media: int, num_frames: int | None) -> None:
-        if num_media > self.config.max_num_media:
+        if self.config.max_num_media and num_media > self.config.max_num_media:
             raise ValueError(
                 f"got {num_media} media per sample, but perceiver_config.max_num_media is {self.config.max_num_media}"
             )
@@ -81,7 +82,8 @@ class PerceiverResampler(nn.Module):
             )
         b, t, n, d = features.shape
         self.check_media_counts(t, None)
-        features = features + self.media_position_embedding[:t, None].to(features.dtype)
+        if self.media_position_embedding is not None:
+            features = features + self.media_position_embedding[:t, None].to(features.dtype)
         media = features.reshape(b * t, n, d)
         latents = self.latents.to(media.dtype).expand(b * t, -1, -1)
         for layer in self.layers:
