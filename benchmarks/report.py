@@ -1,0 +1,87 @@
+"""Write a benchmark run as JSON, a Markdown table and a bar chart of the speed-ups."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import Result
+
+
+def _fmt_s(value: float) -> str:
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def markdown(results: list[Result], env: dict, settings: dict) -> str:
+    lines = [
+        f"hf_mm vs reference implementations, {env['date']}: {env['cpu_count']} cores "
+        f"(torch threads {env['torch_threads']}), torch {env['torch']}, transformers {env['transformers']}; "
+        f"median of {settings['repeats']} interleaved repeats after {settings['warmup']} warm-up"
+        + (" (tiny smoke sizes)" if settings["tiny"] else "") + ".",
+        "",
+        "| family | workload | reference | reference | hf_mm | speed-up | target | outputs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        target = "" if r.target is None else f"{r.target:g}x {'met' if r.ratio >= r.target else 'missed'}"
+        lines.append(f"| {r.family} | {r.case} | {r.reference} | {_fmt_s(r.reference_s)} | {_fmt_s(r.hf_mm_s)} | "
+                     f"{r.ratio:.2f}x | {target} | {r.verified} |")
+    coca = [r for r in results if r.family == "CoCa"]
+    if coca:
+        lines += ["", "CoCa decode cost per token (decode-only time / new tokens) and hf_mm's cache floor "
+                  "(one cached single-token forward: text tower + decoder + lm_head):", "",
+                  "| workload | reference per token | hf_mm per token | hf_mm one-token forward | hf_mm per token / floor |",
+                  "|---|---|---|---|---|"]
+        for r in coca:
+            d = r.details
+            lines.append(f"| {r.case} | {_fmt_s(d['reference_decode_per_token_s'])} | "
+                         f"{_fmt_s(d['hf_mm_decode_per_token_s'])} | {_fmt_s(d['hf_mm_one_token_forward_s'])} | "
+                         f"{d['hf_mm_decode_per_token_over_floor']:.2f} |")
+    training = [r for r in results if "memory_hf_mm" in r.details]
+    if training:
+        lines += ["", "Training-step peak memory (peak RSS of each side alone in a fresh process, over 2 steps; "
+                  "in brackets the growth above the RSS with model and batch loaded):", "",
+                  "| reference | reference peak RSS | hf_mm peak RSS | hf_mm / reference |", "|---|---|---|---|"]
+        for r in training:
+            m_ref, m_ours = r.details["memory_reference"], r.details["memory_hf_mm"]
+            lines.append(f"| {r.reference} | {m_ref['peak_rss_mib']:.0f} MiB (+{m_ref['peak_over_before_mib']:.0f}) | "
+                         f"{m_ours['peak_rss_mib']:.0f} MiB (+{m_ours['peak_over_before_mib']:.0f}) | "
+                         f"{r.details['peak_rss_ratio_hf_mm_over_reference']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(results: list[Result], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.family}\n{r.case.split(' (')[0]}" for r in results]
+    ratios = [r.ratio for r in results]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(results)), 4.5))
+    colors = ["tab:green" if r.target is None or r.ratio >= r.target else "tab:orange" for r in results]
+    ax.bar(range(len(results)), ratios, color=colors)
+    for i, r in enumerate(results):
+        if r.target is not None:
+            ax.plot([i - 0.4, i + 0.4], [r.target, r.target], color="black", linestyle="--", linewidth=1)
+        ax.text(i, ratios[i], f"{ratios[i]:.1f}x", ha="center", va="bottom", fontsize=8)
+    ax.axhline(1.0, color="gray", linewidth=0.8)
+    ax.set_xticks(range(len(results)))
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("speed-up over the reference (x)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: list[Result], env: dict, settings: dict, output_dir: Path) -> dict[str, Path]:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": output_dir / "results.json", "markdown": output_dir / "results.md",
+             "png": output_dir / "speedups.png"}
+    payload = {"environment": env, "settings": settings, "results": [r.to_dict() for r in results]}
+    paths["json"].write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    paths["markdown"].write_text(markdown(results, env, settings))
+    bar_chart(results, paths["png"], f"hf_mm speed-up (dashed: target), {env['cpu_count']} cores, "
+              f"{env['torch_threads']} threads, {env['date']}")
+    return paths
