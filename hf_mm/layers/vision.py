@@ -12,6 +12,7 @@ from transformers import PreTrainedConfig
 
 from .blocks import TransformerBlock
 from .norms import LayerNorm
+from .validation import check_pixel_values
 
 
 class VisionTowerConfig(PreTrainedConfig):
@@ -50,7 +51,15 @@ class VisionTowerConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
-        self.head_dim = self.head_dim or self.hidden_size // max(self.num_attention_heads, 1)
+        if self.num_attention_heads < 1:
+            raise ValueError(f"vision_config.num_attention_heads must be >= 1, got {self.num_attention_heads}")
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(
+                    f"vision_config.num_attention_heads ({self.num_attention_heads}) must divide hidden_size "
+                    f"({self.hidden_size}), or set head_dim"
+                )
+            self.head_dim = self.hidden_size // self.num_attention_heads
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
@@ -161,16 +170,8 @@ class VisionTransformer(nn.Module):
         self.final_norm = LayerNorm(d, eps=config.layer_norm_eps) if config.final_norm else None
 
     def check_pixel_values(self, pixel_values: torch.Tensor, name: str = "pixel_values") -> None:
-        c, s = self.config.num_channels, self.config.image_size
-        if not torch.is_tensor(pixel_values) or not pixel_values.is_floating_point():
-            raise TypeError(f"{name} must be a float tensor of shape (batch, {c}, {s}, {s})")
-        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (c, s, s):
-            raise ValueError(
-                f"{name} must have shape (batch, {c}, {s}, {s}) (num_channels={c}, image_size={s}), "
-                f"got {tuple(pixel_values.shape)}"
-            )
-        if pixel_values.shape[0] == 0:
-            raise ValueError(f"{name} is an empty batch")
+        """`(batch, num_channels, image_size, image_size)`, finite floats (see `validation.check_pixel_values`)."""
+        check_pixel_values(pixel_values, name, num_channels=self.config.num_channels, image_size=self.config.image_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         self.check_pixel_values(pixel_values)

@@ -176,6 +176,14 @@ class CocaConfig(PreTrainedConfig):
                 f"text_config.num_attention_heads ({t.num_attention_heads}) must be a positive multiple of "
                 f"num_key_value_heads ({t.num_key_value_heads})"
             )
+        mm_heads = self.multimodal_config.num_attention_heads
+        if mm_heads is not None and (mm_heads < 1 or t.hidden_size % mm_heads):
+            raise ValueError(
+                f"multimodal_config.num_attention_heads ({mm_heads}) must divide text_config.hidden_size "
+                f"({t.hidden_size}) (the decoder's width)"
+            )
+        if self.logit_scale_max is not None and not self.logit_scale_max > 0:
+            raise ValueError(f"logit_scale_max must be > 0 (or None for no clamp), got {self.logit_scale_max}")
         if self.attn_pooler_queries < 0 or self.attn_pooler_queries == 1:
             raise ValueError(
                 "attn_pooler_queries must be 0 (no pooler) or >= 2 (one contrastive query plus decoder queries), "

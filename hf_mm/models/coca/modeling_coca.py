@@ -31,6 +31,9 @@ from ...layers import (
     init_shared_layer,
     self_attention_mask,
 )
+from ...layers.validation import (
+    check_attention_mask, check_embeddings, check_same_batch, check_token_ids,
+)
 from ...modeling_utils import HfMmPreTrainedModel
 from .configuration_coca import CocaConfig
 
@@ -249,32 +252,15 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
     # -- input checks ---------------------------------------------------------------------------------
     def _check_text(self, input_ids: torch.Tensor, past_length: int = 0) -> None:
         t = self.config.text_config
-        if not torch.is_tensor(input_ids) or input_ids.dtype not in (torch.long, torch.int, torch.int32, torch.int16):
-            raise TypeError("input_ids must be an integer tensor of shape (batch, sequence_length)")
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must have shape (batch, sequence_length), got {tuple(input_ids.shape)}")
-        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one token")
-        if bool((input_ids < 0).any()) or bool((input_ids >= t.vocab_size).any()):
-            raise ValueError(
-                f"input_ids must lie in [0, {t.vocab_size}) (text_config.vocab_size), got values in "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-            )
-        total = past_length + input_ids.shape[1]
-        if t.position_embedding_type == "learned" and total > t.max_position_embeddings:
-            raise ValueError(
-                f"input_ids has {total} tokens (cached ones included) but the context length "
-                f"(text_config.max_position_embeddings) is {t.max_position_embeddings}"
-            )
+        check_token_ids(
+            input_ids, vocab_size=t.vocab_size, vocab_field="text_config.vocab_size", past_length=past_length,
+            max_length=t.max_position_embeddings if t.position_embedding_type == "learned" else None,
+            length_field="text_config.max_position_embeddings",
+        )
 
     def _check_attention_mask(self, attention_mask, input_ids, past_length):
-        if attention_mask is None:
-            return
         expected = (input_ids.shape[0], past_length + input_ids.shape[1])
-        if attention_mask.ndim != 2 or tuple(attention_mask.shape) != expected:
-            raise ValueError(
-                f"attention_mask must have shape (batch, past + new tokens) = {expected}, got {tuple(attention_mask.shape)}"
-            )
+        check_attention_mask(attention_mask, expected, layout="(batch, past + new tokens)")
 
     # -- image side -----------------------------------------------------------------------------------
     def encode_image_tokens(self, pixel_values=None, image_embeds=None) -> torch.Tensor:
@@ -285,12 +271,8 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
             if self.vision_model is None:
                 raise ValueError("this CoCa has no vision tower (vision_config=None): pass image_embeds instead of pixel_values")
             return self.vision_model(pixel_values)
-        d = self.config.image_embed_dim
-        if not torch.is_tensor(image_embeds) or image_embeds.ndim != 3 or image_embeds.shape[-1] != d:
-            shape = tuple(image_embeds.shape) if torch.is_tensor(image_embeds) else type(image_embeds).__name__
-            raise ValueError(f"image_embeds must have shape (batch, num_image_tokens, {d}) (image_embed_dim), got {shape}")
-        if image_embeds.shape[0] == 0 or image_embeds.shape[1] == 0:
-            raise ValueError(f"image_embeds is empty (shape {tuple(image_embeds.shape)})")
+        check_embeddings(image_embeds, "image_embeds", layout=("batch", "num_image_tokens"),
+                         width=self.config.image_embed_dim, width_field="image_embed_dim")
         return image_embeds.to(self.visual_projection.weight.dtype)
 
     def pool_image(self, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,6 +340,9 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         image_tokens = pooled = context = None
         if not context_cached or pixel_values is not None or image_embeds is not None:
             image_tokens = self.encode_image_tokens(pixel_values, image_embeds)
+            if return_loss or use_cache:  # captioning / losses pair image i with text i
+                image_name = "pixel_values" if pixel_values is not None else "image_embeds"
+                check_same_batch(("input_ids", input_ids), (image_name, image_tokens))
             pooled, context = self.pool_image(image_tokens)
 
         position_ids = self._position_ids(input_ids, position_ids, past_length)
@@ -374,11 +359,6 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
 
         if context is None or context.shape[0] == input_ids.shape[0] or context_cached:
             out.logits = self._decode(tokens, attention_mask, position_ids, context, past_key_values, logits_to_keep)
-        elif return_loss:
-            raise ValueError(
-                f"image and text batch sizes differ ({context.shape[0]} vs {input_ids.shape[0]}): the caption and "
-                "contrastive losses pair image i with text i"
-            )
 
         if return_loss:
             out.caption_loss = self._caption_loss(out.logits, input_ids if labels is None else labels, attention_mask)
@@ -407,6 +387,10 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         """Next-token cross-entropy; padding (attention_mask == 0) and -100 labels are ignored."""
         if labels.shape != logits.shape[:2]:
             raise ValueError(f"labels must have shape {tuple(logits.shape[:2])} like input_ids, got {tuple(labels.shape)}")
+        vocab = self.config.text_config.vocab_size
+        if bool(((labels < 0) & (labels != -100)).any()) or bool((labels >= vocab).any()):
+            raise ValueError(f"labels must lie in [0, {vocab}) (text_config.vocab_size) or be -100 (ignored), got "
+                             f"values in [{int(labels.min())}, {int(labels.max())}]")
         labels = labels[:, 1:]
         if attention_mask is not None:
             labels = labels.masked_fill(attention_mask[:, 1:] == 0, -100)

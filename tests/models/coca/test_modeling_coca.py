@@ -176,7 +176,7 @@ BAD_INPUTS = [
     (dict(input_ids=torch.randint(3, 64, (2, 30))), "context length"),
     (dict(input_ids=torch.tensor([[1, 64, 3]])), r"input_ids must lie in \[0, 64\)"),
     (dict(input_ids=torch.tensor([[1, -1, 3]])), r"input_ids must lie in \[0, 64\)"),
-    (dict(pixel_values=torch.randn(3, 3, 16, 16), return_loss=True), "batch sizes differ"),
+    (dict(pixel_values=torch.randn(3, 3, 16, 16), return_loss=True), "pixel_values has batch size 3"),
     (dict(attention_mask=torch.ones(2, 3)), "attention_mask must have shape"),
     (dict(input_ids=torch.zeros(2, 0, dtype=torch.long)), "input_ids is empty"),
     (dict(input_ids=torch.rand(2, 4)), "input_ids must be an integer tensor"),
