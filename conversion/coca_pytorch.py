@@ -1,23 +1,27 @@
 """lucidrains' coca-pytorch `CoCa` -> hf_mm `CocaModel`.
 
-    python -m conversion.coca_pytorch --checkpoint coca.pt --config coca_args.json --output-dir coca-hf
+    python -m conversion coca_pytorch --checkpoint coca.pt --reference-kwargs coca_args.json --output-dir coca-hf
 
-`--config` holds the `CoCa(...)` constructor arguments (plus an optional "vit" entry with vit-pytorch `ViT`
-arguments for the image encoder). The model is rebuilt with the reference library, loaded with the checkpoint
-(safetensors or `torch.load(weights_only=True)`), converted and verified.
+`--reference-kwargs` (a JSON file or inline JSON) holds the `CoCa(...)` constructor arguments, plus an optional
+"vit" entry with vit-pytorch `ViT` arguments for the image encoder (coca-pytorch publishes no configs). The
+model is rebuilt with the reference library, loaded with the checkpoint (safetensors or
+`torch.load(weights_only=True)`), converted and verified. coca-pytorch has no tokenizer: pass `--tokenizer`
+to write processor files.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
 import torch
 
 from hf_mm.models.coca import CocaConfig, CocaModel
 
-from .common import StateDictConverter, load_checkpoint, max_abs_diff, render_model_card, save_converted
+from .common import (
+    Conversion, StateDictConverter, convert_from_reference, library_version, load_tokenizer, max_abs_diff,
+    normalisation_note, read_json_argument, square_image_processor,
+)
 from .lucidrains import convert_bias_free_layernorm, convert_parallel_block
 from .vit_pytorch import convert_vit_pytorch
 
@@ -105,11 +109,13 @@ def convert(reference_model, **config_overrides) -> CocaModel:
 
 @torch.no_grad()
 def verify(reference_model, model: CocaModel, image_size: int | None = None, seed: int = 0) -> dict:
-    """Max abs differences of logits and embeddings on random inputs (fp32), reference vs hf_mm."""
+    """Max abs differences of logits, latents and the weighted caption + contrastive loss on random inputs
+    (fp32), reference vs hf_mm."""
     g = torch.Generator().manual_seed(seed)
     cfg = model.config
+    pad = cfg.text_config.pad_token_id
     text = torch.randint(1, cfg.text_config.vocab_size, (2, 9), generator=g)
-    text[1, -2:] = cfg.text_config.pad_token_id
+    text[1, -2:] = pad
     if image_size is None:
         inputs = dict(image_tokens=torch.randn(2, 16, cfg.image_embed_dim, generator=g))
         ours_inputs = dict(image_embeds=inputs["image_tokens"])
@@ -119,42 +125,71 @@ def verify(reference_model, model: CocaModel, image_size: int | None = None, see
     reference_model.eval()
     logits = reference_model(text.clone(), **inputs)
     text_embeds, image_embeds = reference_model(text.clone(), **inputs, return_embeddings=True)
-    out = model(input_ids=text, attention_mask=(text != cfg.text_config.pad_token_id).long(), **ours_inputs)
+    # coca-pytorch's labels are given per position (no shift); hf_mm shifts like a causal LM
+    labels = torch.cat((text[:, 1:], torch.full_like(text[:, :1], pad)), dim=1)
+    loss = reference_model(text.clone(), **inputs, labels=labels, return_loss=True)
+    out = model(input_ids=text, attention_mask=(text != pad).long(), labels=text, **ours_inputs)
+    normalize = torch.nn.functional.normalize
     return {
         "caption_logits": max_abs_diff(logits, out.logits),
-        "text_latents": max_abs_diff(torch.nn.functional.normalize(reference_model.text_to_latents.to_latents(text_embeds), dim=-1), out.text_embeds),
-        "image_latents": max_abs_diff(torch.nn.functional.normalize(reference_model.img_to_latents.to_latents(image_embeds), dim=-1), out.image_embeds),
+        "text_latents": max_abs_diff(normalize(reference_model.text_to_latents.to_latents(text_embeds), dim=-1),
+                                     out.text_embeds),
+        "image_latents": max_abs_diff(normalize(reference_model.img_to_latents.to_latents(image_embeds), dim=-1),
+                                      out.image_embeds),
+        "loss": abs(float(loss) - float(out.loss)),
     }
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="coca-pytorch state dict (.safetensors, or .pt loaded weights_only)")
-    parser.add_argument("--config", required=True, help="JSON with the CoCa(...) arguments and an optional 'vit' entry")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--push-to-hub")
-    parser.add_argument("--private", action="store_true")
-    args = parser.parse_args(argv)
-
+def build_reference(kwargs: dict):
+    """coca-pytorch `CoCa(**kwargs)`; a "vit" entry becomes an `Extractor(ViT(**vit))` image encoder."""
     from coca_pytorch import CoCa  # reference library: conversion-time dependency only
 
-    kwargs = json.loads(open(args.config).read())
+    kwargs = dict(kwargs)
     vit_args = kwargs.pop("vit", None)
-    image_size = None
     if vit_args is not None:
         from vit_pytorch import ViT
         from vit_pytorch.extractor import Extractor
 
         kwargs["img_encoder"] = Extractor(ViT(**vit_args), return_embeddings_only=True, detach=False)
-        image_size = vit_args["image_size"]
-    reference = CoCa(**kwargs)
-    reference.load_state_dict(load_checkpoint(args.checkpoint), strict=True)
-    model = convert(reference)
-    report = verify(reference, model, image_size)
-    print("max abs diff vs coca-pytorch:", report)
-    card = render_model_card("coca.md", model_name="coca-pytorch CoCa", source="lucidrains/coca-pytorch",
-                             parity=report, repo_id=args.push_to_hub or args.output_dir)
-    save_converted(model, args.output_dir, None, card, report, args.push_to_hub, args.private)
+    return CoCa(**kwargs)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference-kwargs", "--config", dest="reference_kwargs", required=True,
+                        help="JSON (file or inline): CoCa(...) arguments and an optional 'vit' entry (ViT arguments)")
+
+
+def run(args, progress) -> Conversion:
+    """Rebuild the coca-pytorch reference, load the checkpoint, convert, verify; called by `python -m conversion`."""
+    kwargs = read_json_argument(args.reference_kwargs, "--reference-kwargs")
+    image_size = kwargs["vit"]["image_size"] if isinstance(kwargs.get("vit"), dict) else None
+    _, model, report = convert_from_reference(progress, lambda: build_reference(kwargs), args.checkpoint, convert,
+                                              lambda ref, model: verify(ref, model, image_size))
+    cfg = model.config
+    processor, notes = None, [normalisation_note("coca-pytorch")]
+    if image_size is None:
+        notes = ["coca-pytorch was used without an image encoder: the model takes precomputed `image_embeds` "
+                 f"of width {cfg.image_embed_dim}, so no processor is written."]
+    elif args.tokenizer:
+        from hf_mm.models.coca.processing_coca import CocaImageProcessor, CocaProcessor
+
+        processor = CocaProcessor(square_image_processor(image_size, CocaImageProcessor),
+                                  load_tokenizer(args.tokenizer, cfg.text_config.vocab_size),
+                                  text_pad_id=cfg.text_config.pad_token_id)
+    else:
+        notes = ["coca-pytorch has no tokenizer and none was given (--tokenizer): no processor files are written."]
+    return Conversion(
+        model=model, family="coca", source=f"coca-pytorch {library_version('CoCa-pytorch')}",
+        checkpoint=args.checkpoint, parity=report, processor=processor,
+        card_fields=dict(architecture_name="lucidrains coca-pytorch `CoCa`"), notes=notes,
+    )
+
+
+def main(argv=None):
+    """`python -m conversion.coca_pytorch ...` = `python -m conversion coca_pytorch ...`."""
+    from .__main__ import source_main
+
+    return source_main("coca_pytorch", argv)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+_TENSOR_BARS: list = []  # progress-bar factories installed by `track_tensors`, innermost last
 
 
 class UnmappedTensorsError(ValueError):
@@ -27,10 +31,13 @@ class StateDictConverter:
         self.source = dict(source)
         self.used: set[str] = set()
         self.target: dict[str, torch.Tensor] = {}
+        self._bar = _TENSOR_BARS[-1](len(self.source)) if _TENSOR_BARS else None
 
     def take(self, key: str) -> torch.Tensor:
         if key not in self.source:
             raise UnmappedTensorsError(f"source checkpoint has no tensor {key!r}")
+        if self._bar is not None and key not in self.used:
+            self._bar.update(1)
         self.used.add(key)
         return self.source[key]
 
@@ -63,6 +70,8 @@ class StateDictConverter:
             raise UnmappedTensorsError(f"source tensor {key!r} was expected to equal {same_as!r}")
 
     def finish(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self._bar is not None:
+            self._bar.close()
         unused = sorted(set(self.source) - self.used)
         if unused:
             raise UnmappedTensorsError(f"{len(unused)} source tensors were not converted: {unused}")
@@ -82,6 +91,17 @@ class StateDictConverter:
         if hasattr(model, "tie_weights"):
             model.tie_weights()
         return model.eval()
+
+
+@contextlib.contextmanager
+def track_tensors(make_bar):
+    """Inside the block, every `StateDictConverter` reports each source tensor it consumes to
+    `make_bar(total)` (e.g. a tqdm bar): the CLI's per-tensor progress, without touching `convert()` signatures."""
+    _TENSOR_BARS.append(make_bar)
+    try:
+        yield
+    finally:
+        _TENSOR_BARS.remove(make_bar)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, torch.Tensor]:
@@ -114,19 +134,159 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def render_model_card(template: str, **fields) -> str:
-    """Fill `{{name}}` placeholders of a template from `model_cards/`."""
+    """Fill the `{{name}}` placeholders of a template from `model_cards/`. Raises ValueError when a placeholder
+    is left unfilled or a field has no placeholder (a template that forgot, say, the parity figures)."""
     root = Path(__file__).resolve().parent.parent / "model_cards"
     text = (root / template).read_text()
+    unused = sorted(name for name in fields if "{{" + name + "}}" not in text)
+    if unused:
+        raise ValueError(f"model card {template} has no placeholder for the fields {unused}")
     for name, value in fields.items():
         text = text.replace("{{" + name + "}}", str(value))
-    left = re.findall(r"\{\{(\w+)\}\}", text)
+    left = re.findall(r"\{\{[^{}]*\}\}", text)
     if left:
         raise ValueError(f"model card {template} has unfilled fields: {left}")
     return text
 
 
+def check_against_reference(reference: torch.nn.Module, state_dict: dict, name: str) -> None:
+    """Raise `UnmappedTensorsError` listing every tensor the reference module expects but `state_dict` lacks,
+    every tensor it holds that the reference does not have, and every shape mismatch."""
+    expected = reference.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs reference {tuple(v.shape)}"
+        for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape
+    )
+    if missing or unexpected or shapes:
+        parts = [f"{len(missing)} missing tensors: {missing}" if missing else "",
+                 f"{len(unexpected)} unexpected tensors: {unexpected}" if unexpected else "",
+                 f"shape mismatches: {shapes}" if shapes else ""]
+        raise UnmappedTensorsError(f"{name} does not match the reference architecture; " + "; ".join(p for p in parts if p))
+
+
+def load_reference_weights(reference: torch.nn.Module, checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load `checkpoint` into the freshly built reference module, strictly (see `check_against_reference`), and
+    check that tensors the reference ties together (e.g. input and output embeddings) are equal in the checkpoint.
+    Returns the state dict."""
+    state_dict = load_checkpoint(checkpoint)
+    check_against_reference(reference, state_dict, f"checkpoint {checkpoint}")
+    reference.load_state_dict(state_dict, strict=True)
+    loaded = reference.state_dict()  # tied parameters keep only one of their checkpoint tensors
+    differ = sorted(k for k, v in state_dict.items() if not torch.equal(loaded[k], v.to(loaded[k].dtype)))
+    if differ:
+        tied = {k: sorted(o for o in loaded if o != k and loaded[o].data_ptr() == loaded[k].data_ptr()) for k in differ}
+        raise UnmappedTensorsError(f"checkpoint {checkpoint}: tensors the reference ties together differ: "
+                                   + "; ".join(f"{k} vs {others}" for k, others in tied.items()))
+    return state_dict
+
+
+def convert_from_reference(progress, build_reference, checkpoint, convert, verify) -> tuple:
+    """The pipeline of a source whose reference is rebuilt from code, one progress stage each: `build_reference()`,
+    load `checkpoint` into it strictly, `convert(reference)` (per-tensor progress), `verify(reference, model)`.
+    Returns `(reference, model, parity report)`."""
+    with progress.stage("build reference"):
+        reference = build_reference().eval()
+    with progress.stage("load checkpoint"):
+        load_reference_weights(reference, checkpoint)
+    with progress.tensors():
+        model = convert(reference)
+    with progress.stage("verify"):
+        report = verify(reference, model)
+    return reference, model, report
+
+
+def read_json_argument(value: str, name: str) -> dict:
+    """A CLI argument holding a JSON object, given inline (`'{"dim": 512}'`) or as the path of a .json file."""
+    text = value
+    if not value.lstrip().startswith(("{", "[")):
+        path = Path(value)
+        if not path.is_file():
+            raise ValueError(f"{name} must be a JSON object or the path of a JSON file; {value!r} is neither")
+        text = path.read_text()
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name} is not valid JSON ({err})") from err
+    if not isinstance(obj, dict):
+        raise ValueError(f"{name} must be a JSON object of keyword arguments, got {type(obj).__name__}")
+    return obj
+
+
+def library_version(distribution: str) -> str:
+    """Installed version of a pip distribution (for model cards), or "unknown"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class Conversion:
+    """What a source's `run(args, progress)` hands back to the CLI (`python -m conversion`).
+
+    `parity` maps each verified output to its max abs difference against the reference (None: the reference
+    library is not installed, nothing was verified); `card_fields` fills the family-specific `{{...}}` fields
+    of `model_cards/<family>.md`; `notes` go to the console and the model card.
+    """
+
+    model: torch.nn.Module
+    family: str
+    source: str
+    checkpoint: str
+    parity: dict[str, float] | None
+    processor: object | None = None
+    card_fields: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    code_license: str = "MIT"
+
+
+def load_tokenizer(path: str | os.PathLike, vocab_size: int | None = None):
+    """A local tokenizer (a saved tokenizer folder, or a `tokenizer.json` file), never downloaded.
+    Raises ValueError when it has more tokens than the model's `vocab_size`."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(path)
+    if path.is_file() and path.suffix == ".json":
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path))
+    elif path.is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    else:
+        raise ValueError(f"--tokenizer must be a tokenizer folder or a tokenizer.json file, got {str(path)!r}")
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise ValueError(f"--tokenizer has {len(tokenizer)} tokens but the model's vocabulary has only {vocab_size}")
+    return tokenizer
+
+
+def normalisation_note(library: str) -> str:
+    """Model-card note for references that do not record how their images were normalised."""
+    return (f"{library} stores no image normalisation: the processor uses OpenAI CLIP's mean/std (`image_mean` / "
+            "`image_std` in processor_config.json); change them if the checkpoint was trained otherwise.")
+
+
+def square_image_processor(image_size: int, cls=None, **kwargs):
+    """A PIL-backend CLIP-style image processor (resize shortest edge, centre crop, normalise) to `image_size`."""
+    if cls is None:
+        from transformers import CLIPImageProcessorPil as cls
+    return cls(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}, **kwargs)
+
+
+def push_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Create (or reuse) the Hub model repo `repo_id` and upload `folder` to it. Returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                             commit_message="Upload hf_mm conversion")
+    return str(getattr(info, "commit_url", info))
+
+
 def save_converted(model, output_dir, processor=None, card: str | None = None, report: dict | None = None,
-                   push_to_hub: str | None = None, private: bool = False) -> Path:
+                   push_to_hub_repo: str | None = None, private: bool = False, token: str | None = None) -> Path:
     """`save_pretrained` the model (safetensors) and processor, write README.md and the parity report,
     and optionally upload the folder with huggingface_hub."""
     out = Path(output_dir)
@@ -138,10 +298,6 @@ def save_converted(model, output_dir, processor=None, card: str | None = None, r
         (out / "README.md").write_text(card)
     if report is not None:
         (out / "conversion_report.json").write_text(json.dumps(report, indent=2))
-    if push_to_hub:
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-        api.create_repo(push_to_hub, private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(out), repo_id=push_to_hub, commit_message="Upload hf_mm conversion")
+    if push_to_hub_repo:
+        push_to_hub(out, push_to_hub_repo, private=private, token=token)
     return out

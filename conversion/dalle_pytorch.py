@@ -3,9 +3,12 @@
 The reference's key nesting depends on its options (`shift_tokens`, `reversible`, sandwich norm, NonCached /
 CachedAs wrappers); `normalise_layer_key` reduces every layer key to `(layer, branch, suffix)` first.
 
-CLI (a dalle-pytorch training checkpoint `{"hparams", "vae_params", "weights"}`, loaded with weights_only):
-    python -m conversion.dalle_pytorch --checkpoint dalle.pt --output converted/
-    python -m conversion.dalle_pytorch --checkpoint vae.pt --vae-only --output converted_vae/
+CLI: a dalle-pytorch training checkpoint (`train_dalle.py`: `{"hparams", "vae_params", "weights"}`,
+`train_vae.py`: `{"hparams", "weights"}`, loaded with weights_only), or a plain state dict with
+`--reference-kwargs` (DALLE kwargs plus a "vae" entry; DiscreteVAE kwargs with `--vae-only`):
+    python -m conversion dalle_pytorch --checkpoint dalle.pt --output-dir converted/ [--tokenizer tok/]
+    python -m conversion dalle_pytorch --checkpoint vae.pt --vae-only --output-dir converted_vae/
+The conversion needs no dalle-pytorch; it is verified against dalle-pytorch when that is installed.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ import torch
 
 from hf_mm.models.dalle import DalleConfig, DalleForImageGeneration, DiscreteVAEConfig, DiscreteVAEModel
 
-from .common import StateDictConverter, render_model_card, save_converted
+from .common import (
+    Conversion, StateDictConverter, check_against_reference, library_version, load_checkpoint, load_tokenizer,
+    max_abs_diff, read_json_argument,
+)
 
 VAE_KWARGS = {  # dalle-pytorch DiscreteVAE argument -> DiscreteVAEConfig field (same names)
     "image_size", "num_tokens", "codebook_dim", "num_layers", "num_resnet_blocks", "hidden_dim", "channels",
@@ -148,33 +154,149 @@ def convert_dalle(state_dict: dict, config: DalleConfig) -> DalleForImageGenerat
     return conv.finish(model)
 
 
-def _load_training_checkpoint(path: str) -> dict:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict) or "weights" not in obj:
-        raise ValueError(f"{path} is not a dalle-pytorch training checkpoint with 'weights' (and 'hparams')")
-    return obj
+def _read_checkpoint(args) -> tuple[dict, dict, dict | None]:
+    """(weights, model kwargs, vae kwargs or None for --vae-only) from a training checkpoint or state dict + JSON."""
+    obj = torch.load(args.checkpoint, map_location="cpu", weights_only=True) if not str(args.checkpoint).endswith(
+        ".safetensors") else None
+    if isinstance(obj, dict) and "weights" in obj:
+        if args.reference_kwargs:
+            raise ValueError("--reference-kwargs is not used with a training checkpoint: it holds its own 'hparams'")
+        kwargs, weights = dict(obj.get("hparams") or {}), obj["weights"]
+        if args.vae_only:
+            return weights, kwargs, None
+        if obj.get("vae_params") is None:
+            raise ValueError(f"{args.checkpoint} has no 'vae_params': only dalle-pytorch's own DiscreteVAE can be "
+                             f"converted (got vae_class_name={obj.get('vae_class_name')!r})")
+        return weights, kwargs, dict(obj["vae_params"])
+    if not args.reference_kwargs:
+        raise ValueError(f"{args.checkpoint} is a plain state dict: pass --reference-kwargs with the DALLE (plus "
+                         "'vae') or, with --vae-only, the DiscreteVAE constructor arguments")
+    kwargs = read_json_argument(args.reference_kwargs, "--reference-kwargs")
+    weights = load_checkpoint(args.checkpoint)
+    if args.vae_only:
+        return weights, kwargs, None
+    if not isinstance(kwargs.get("vae"), dict):
+        raise ValueError("--reference-kwargs needs a 'vae' entry with the DiscreteVAE arguments")
+    vae_kwargs = kwargs.pop("vae")
+    return weights, kwargs, vae_kwargs
+
+
+def _reference_library():
+    """(dalle_pytorch, None) when it imports (verification only), else (None, why not)."""
+    try:
+        import dalle_pytorch
+    except ImportError as err:
+        return None, str(err)
+    return dalle_pytorch, None
+
+
+def _as_reference_kwargs(kwargs: dict) -> dict:
+    """JSON / checkpoint hparams -> DiscreteVAE / DALLE arguments (dalle-pytorch wants tuples where JSON has lists)."""
+    return {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+            for k, v in kwargs.items()}
+
+
+@torch.no_grad()
+def verify_dalle(reference, model: DalleForImageGeneration, seed: int = 0) -> dict:
+    """Max abs differences of logits (text + image codes, and text only) and of the loss, reference vs hf_mm."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(1, cfg.num_text_tokens, (2, cfg.text_seq_len), generator=g)
+    text[1, cfg.text_seq_len // 2:] = 0
+    codes = torch.randint(0, cfg.vae_config.num_tokens, (2, cfg.image_seq_len), generator=g)
+    reference.eval()
+    out = model(text, image_ids=codes, return_loss=True, use_cache=False)
+    return {
+        "logits": max_abs_diff(reference(text.clone(), codes), out.logits),
+        "loss": abs(float(reference(text.clone(), codes, return_loss=True)) - float(out.loss)),
+        "logits_text_only": max_abs_diff(reference(text.clone()), model(text, use_cache=False).logits),
+    }
+
+
+@torch.no_grad()
+def verify_vae(reference, model: DiscreteVAEModel, seed: int = 0) -> dict:
+    """Codebook indices (max abs index difference: 0 when identical), decoded images and the seeded (gumbel)
+    reconstruction loss, reference vs hf_mm."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(2, cfg.channels, cfg.image_size, cfg.image_size, generator=g)
+    codes = torch.randint(0, cfg.num_tokens, (2, cfg.fmap_size ** 2), generator=g)
+    reference.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        ref_loss = reference(images, return_loss=True)
+        torch.manual_seed(seed + 1)
+        loss = model(images, return_loss=True).loss
+    return {
+        "codebook_indices": max_abs_diff(reference.get_codebook_indices(images), model.get_codebook_indices(images)),
+        "decoded_images": max_abs_diff(reference.decode(codes), model.decode(codes)),
+        "reconstruction_loss": abs(float(ref_loss) - float(loss)),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vae-only", action="store_true", help="the checkpoint is a DiscreteVAE (train_vae.py)")
+    parser.add_argument("--reference-kwargs",
+                        help="for a plain state dict: JSON (file or inline) of DALLE kwargs plus 'vae' (DiscreteVAE "
+                             "kwargs), or of DiscreteVAE kwargs with --vae-only")
+
+
+def run(args, progress) -> Conversion:
+    """Convert (no dalle-pytorch needed), then verify against dalle-pytorch when it is installed."""
+    with progress.stage("load checkpoint"):
+        weights, kwargs, vae_kwargs = _read_checkpoint(args)
+    library, why_not = _reference_library()
+    with progress.stage("build reference"):
+        reference = None
+        if library is not None:
+            if args.vae_only:
+                reference = library.DiscreteVAE(**_as_reference_kwargs(kwargs))
+            else:
+                vae = library.DiscreteVAE(**_as_reference_kwargs(vae_kwargs))
+                reference = library.DALLE(vae=vae, **_as_reference_kwargs(kwargs))
+            check_against_reference(reference, weights, f"checkpoint {args.checkpoint}")
+            reference.load_state_dict(weights, strict=True)
+    with progress.tensors():
+        if args.vae_only:
+            model = convert_discrete_vae(weights, vae_config_from_kwargs(kwargs))
+        else:
+            model = convert_dalle(weights, dalle_config_from_kwargs(kwargs, vae_kwargs))
+    with progress.stage("verify"):
+        report = None
+        if reference is not None:
+            report = verify_vae(reference, model) if args.vae_only else verify_dalle(reference, model)
+    processor, notes = None, []
+    if library is None:
+        notes.append(f"not verified: dalle-pytorch could not be imported ({why_not}).")
+    if args.vae_only:
+        summary = (f"the discrete VAE of DALL-E on its own (`DiscreteVAEModel`): {model.config.image_size}px images "
+                   f"<-> {model.config.fmap_size}x{model.config.fmap_size} codes from a {model.config.num_tokens}-entry "
+                   "codebook.")
+    else:
+        cfg = model.config
+        summary = (f"a `DalleForImageGeneration`: a {cfg.num_hidden_layers}-layer decoder-only transformer (hidden "
+                   f"size {cfg.hidden_size}) over `[bos, text ({cfg.text_seq_len} tokens) | image codes]`, with its "
+                   f"discrete VAE ({cfg.vae_config.image_size}px images) as `model.vae`. Attention pattern of each "
+                   f"layer: {', '.join(cfg.layer_attn_types)}.")
+        if args.tokenizer:
+            from hf_mm.models.dalle.processing_dalle import DalleProcessor
+
+            processor = DalleProcessor(load_tokenizer(args.tokenizer, cfg.num_text_tokens), text_seq_len=cfg.text_seq_len)
+        else:
+            notes.append("no --tokenizer given: no processor files are written (dalle-pytorch checkpoints do not "
+                         "record which tokenizer they were trained with).")
+    return Conversion(
+        model=model, family="dalle",
+        source="dalle-pytorch" if library is None else f"dalle-pytorch {library_version('dalle-pytorch')}",
+        checkpoint=args.checkpoint, parity=report, processor=processor, card_fields=dict(summary=summary), notes=notes,
+    )
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--vae-only", action="store_true", help="the checkpoint is a DiscreteVAE training checkpoint")
-    parser.add_argument("--push-to-hub", default=None)
-    args = parser.parse_args(argv)
-    obj = _load_training_checkpoint(args.checkpoint)
-    if args.vae_only:
-        model = convert_discrete_vae(obj["weights"], vae_config_from_kwargs(obj["hparams"]))
-        card = None
-    else:
-        config = dalle_config_from_kwargs(obj["hparams"], obj["vae_params"])
-        model = convert_dalle(obj["weights"], config)
-        card = render_model_card(
-            "dalle.md", source=args.checkpoint, num_hidden_layers=config.num_hidden_layers,
-            hidden_size=config.hidden_size, attn_types=", ".join(config.layer_attn_types),
-            image_size=config.vae_config.image_size, text_seq_len=config.text_seq_len,
-        )
-    save_converted(model, args.output, card=card, push_to_hub=args.push_to_hub)
+    """`python -m conversion.dalle_pytorch ...` = `python -m conversion dalle_pytorch ...`."""
+    from .__main__ import source_main
+
+    return source_main("dalle_pytorch", argv)
 
 
 if __name__ == "__main__":

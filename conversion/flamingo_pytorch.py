@@ -1,24 +1,27 @@
 """Convert flamingo-pytorch's `FlamingoPaLM` (with a vit-pytorch `ViT` in an `Extractor`) to
 `FlamingoForConditionalGeneration`.
 
-    python -m conversion.flamingo_pytorch --checkpoint flamingo.pt --arch arch.json --output-dir out/
+    python -m conversion flamingo_pytorch --checkpoint flamingo.pt --reference-kwargs arch.json --output-dir out/ \
+        [--tokenizer tok/ --media-token "<image>"]
 
-`arch.json` holds the `FlamingoPaLM(...)` keyword arguments and, under "vit", those of vit-pytorch's `ViT`
-(the reference stores no config). Every source tensor is accounted for: zero LayerNorm betas and rotary
-`inv_freq` are checked, the tied `to_logits.1.weight` must equal `token_emb.weight`, the ViT classification
-head is dropped.
+`--reference-kwargs` (a JSON file or inline JSON) holds the `FlamingoPaLM(...)` keyword arguments and, under
+"vit", those of vit-pytorch's `ViT` (the reference stores no config). Every source tensor is accounted for:
+zero LayerNorm betas and rotary `inv_freq` are checked, the tied `to_logits.1.weight` must equal
+`token_emb.weight`, the ViT classification head is dropped.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
 from hf_mm.models.flamingo import FlamingoConfig, FlamingoForConditionalGeneration
 
-from .common import StateDictConverter, load_checkpoint, render_model_card, save_converted
+from .common import (
+    Conversion, StateDictConverter, convert_from_reference, library_version, load_tokenizer, max_abs_diff,
+    normalisation_note, read_json_argument, square_image_processor,
+)
 from .lucidrains import convert_bias_free_layernorm, convert_parallel_block
 from .vit_pytorch import convert_vit_pytorch
 
@@ -118,28 +121,72 @@ def build_reference(arch: dict):
     return FlamingoPaLM(img_encoder=vit, **arch)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="FlamingoPaLM state dict (.pt or .safetensors)")
-    parser.add_argument("--arch", required=True, help="JSON file: FlamingoPaLM kwargs plus 'vit' (ViT kwargs)")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--push-to-hub", default=None)
-    args = parser.parse_args(argv)
-    with open(args.arch) as f:
-        arch = json.load(f)
-    reference = build_reference(arch)
-    state_dict = load_checkpoint(args.checkpoint)
-    reference.load_state_dict(state_dict)
-    model = convert(reference.eval(), state_dict)
-    n_params = sum(p.numel() for p in model.parameters())
-    card = render_model_card(
-        "flamingo.md", source="flamingo-pytorch 0.1.2 `FlamingoPaLM`", checkpoint=args.checkpoint,
-        num_parameters=f"{n_params:,}", hidden_size=model.config.text_config.hidden_size,
-        num_layers=model.config.text_config.num_hidden_layers, media_token_id=model.config.media_token_id,
+@torch.no_grad()
+def verify(reference_model, model: FlamingoForConditionalGeneration, seed: int = 0) -> dict:
+    """Max abs logit differences on random prompts (fp32), reference vs hf_mm: with two images, with a video
+    (when the reference has video frame embeddings) and text only. Prompts start with a medium: before the first
+    one, lucidrains' "all media" mode attends uniformly to every latent, hf_mm to none (documented)."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    vocab, media, size = cfg.text_config.vocab_size, cfg.media_token_id, cfg.vision_config.image_size
+    ids = torch.randint(0, vocab, (2, 12), generator=g)
+    ids[ids == media] = (media + 1) % vocab
+    text_only = ids.clone()
+    ids[:, [0, 6]] = media
+    images = torch.randn(2, 2, 3, size, size, generator=g)
+    reference_model.eval()
+    report = {
+        "logits_images": max_abs_diff(reference_model(ids, images=images), model(input_ids=ids, pixel_values=images).logits),
+        "logits_text_only": max_abs_diff(reference_model(text_only), model(input_ids=text_only).logits),
+    }
+    frames = cfg.perceiver_config.max_video_frames
+    if frames:
+        video = torch.randn(2, 2, frames, 3, size, size, generator=g)
+        report["logits_video"] = max_abs_diff(reference_model(ids, videos=video),
+                                              model(input_ids=ids, pixel_values=video).logits)
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference-kwargs", "--arch", dest="reference_kwargs", required=True,
+                        help="JSON (file or inline): FlamingoPaLM kwargs plus 'vit' (vit-pytorch ViT kwargs)")
+    parser.add_argument("--media-token", default="<image>",
+                        help="the tokenizer's media token, whose id must be the model's media_token_id")
+
+
+def run(args, progress) -> Conversion:
+    """Rebuild the flamingo-pytorch reference, load the checkpoint, convert, verify (`python -m conversion`)."""
+    arch = read_json_argument(args.reference_kwargs, "--reference-kwargs")
+    if not isinstance(arch.get("vit"), dict):
+        raise ValueError("--reference-kwargs needs a 'vit' entry with the vit-pytorch ViT arguments")
+    _, model, report = convert_from_reference(progress, lambda: build_reference(arch), args.checkpoint, convert, verify)
+    cfg, processor = model.config, None
+    notes = ["Text before the first medium: in lucidrains' `only_attend_immediate_media=False` mode it attends "
+             "uniformly to every latent, in hf_mm to none (the verification prompts start with a medium)."]
+    if args.tokenizer:
+        from hf_mm.models.flamingo.processing_flamingo import FlamingoProcessor
+
+        processor = FlamingoProcessor(square_image_processor(cfg.vision_config.image_size),
+                                      load_tokenizer(args.tokenizer, cfg.text_config.vocab_size), media_token=args.media_token)
+        if processor.media_token_id != cfg.media_token_id:
+            raise ValueError(f"--media-token {args.media_token!r} has id {processor.media_token_id} in --tokenizer, "
+                             f"but the model's media_token_id is {cfg.media_token_id}")
+        notes.append(normalisation_note("flamingo-pytorch"))
+    else:
+        notes.append("flamingo-pytorch has no tokenizer and none was given (--tokenizer): no processor files.")
+    return Conversion(
+        model=model, family="flamingo", source=f"flamingo-pytorch {library_version('flamingo-pytorch')}",
+        checkpoint=args.checkpoint, parity=report, processor=processor,
+        card_fields=dict(architecture_name="lucidrains flamingo-pytorch `FlamingoPaLM` with a vit-pytorch `ViT`",
+                         media_token_id=cfg.media_token_id), notes=notes,
     )
-    save_converted(model, args.output_dir, card=card, report={"source": args.checkpoint, "parameters": n_params},
-                   push_to_hub=args.push_to_hub)
-    print(f"saved to {args.output_dir}")
+
+
+def main(argv=None):
+    """`python -m conversion.flamingo_pytorch ...` = `python -m conversion flamingo_pytorch ...`."""
+    from .__main__ import source_main
+
+    return source_main("flamingo_pytorch", argv)
 
 
 if __name__ == "__main__":

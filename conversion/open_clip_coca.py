@@ -1,7 +1,11 @@
 """open_clip CoCa -> hf_mm `CocaModel`.
 
-    python -m conversion.open_clip_coca --model coca_ViT-B-32 --checkpoint open_clip_model.safetensors \
+    python -m conversion open_clip_coca --model coca_ViT-B-32 --checkpoint open_clip_model.safetensors \
         --output-dir coca-vit-b-32 [--push-to-hub org/coca-vit-b-32 [--private]]
+
+`--model` names an open_clip architecture; `--model-config my_coca.json` registers an open_clip model config
+file (`{"embed_dim", "multimodal_cfg", "text_cfg", "vision_cfg"}`) and uses it instead. The processor uses
+the CLIP BPE tokenizer shipped inside open_clip (or `--tokenizer`).
 
 `convert(reference_model)` maps every tensor of an `open_clip.coca_model.CoCa` (nothing is left unused),
 `build_config(reference_model)` reads the architecture off the module tree.
@@ -10,12 +14,15 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
 from hf_mm.models.coca import CocaConfig, CocaModel
 
-from .common import StateDictConverter, load_checkpoint, max_abs_diff, render_model_card, save_converted
+from .common import (
+    Conversion, StateDictConverter, convert_from_reference, library_version, load_tokenizer, max_abs_diff,
+)
 
 
 def _act(block) -> str:
@@ -145,48 +152,79 @@ def convert(reference_model, **config_overrides) -> CocaModel:
 
 @torch.no_grad()
 def verify(reference_model, model: CocaModel, image_size: int, vocab_size: int, seed: int = 0) -> dict:
-    """Max abs differences of every output on random inputs (fp32), reference vs hf_mm."""
+    """Max abs differences of every output on random inputs (fp32), reference vs hf_mm; the losses against
+    open_clip's `CoCaLoss` with the converted config's loss weights."""
+    from open_clip.loss import CoCaLoss
+
     g = torch.Generator().manual_seed(seed)
+    pad = model.config.text_config.pad_token_id
     images = torch.randn(2, 3, image_size, image_size, generator=g)
     text = torch.randint(1, vocab_size, (2, min(12, model.config.text_config.max_position_embeddings)), generator=g)
-    text[1, -3:] = model.config.text_config.pad_token_id
+    text[1, -3:] = pad
     reference_model.eval()
     ref = reference_model(images, text, output_labels=False)
-    ours = model(input_ids=text, pixel_values=images, attention_mask=(text != model.config.text_config.pad_token_id).long())
+    ours = model(input_ids=text, pixel_values=images, attention_mask=(text != pad).long(), return_loss=True)
+    labelled = reference_model(images, text)  # logits over text[:, :-1], labels text[:, 1:]
+    weights = model.config.caption_loss_weight, model.config.contrastive_loss_weight
+    clip_loss, caption_loss = CoCaLoss(caption_loss_weight=weights[0], clip_loss_weight=weights[1], pad_id=pad)(
+        labelled["image_features"], labelled["text_features"], labelled["logits"], labelled["labels"],
+        labelled["logit_scale"])
     return {
         "image_embeds": max_abs_diff(ref["image_features"], ours.image_embeds),
         "text_embeds": max_abs_diff(ref["text_features"], ours.text_embeds),
         "caption_logits": max_abs_diff(ref["logits"], ours.logits),
         "logit_scale": abs(float(ref["logit_scale"]) - float(model.logit_scale())),
+        "caption_loss": abs(float(caption_loss) - weights[0] * float(ours.caption_loss)),
+        "contrastive_loss": abs(float(clip_loss) - float(ours.contrastive_loss)),
     }
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="open_clip architecture name, e.g. coca_ViT-B-32")
-    parser.add_argument("--checkpoint", help="open_clip weights (.safetensors, or .pt/.bin loaded weights_only)")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--push-to-hub", help="Hub repo id to upload the converted model to")
-    parser.add_argument("--private", action="store_true")
-    args = parser.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    arch = parser.add_mutually_exclusive_group(required=True)
+    arch.add_argument("--model", help="open_clip architecture name, e.g. coca_ViT-B-32")
+    arch.add_argument("--model-config", help="an open_clip model config JSON file (its name is the file's stem)")
 
+
+def run(args, progress) -> Conversion:
+    """Build the open_clip reference, load the checkpoint, convert, verify; called by `python -m conversion`."""
     import open_clip  # the reference library: a conversion-time dependency only
 
-    reference = open_clip.create_model(args.model, pretrained=None)
-    if args.checkpoint:
-        reference.load_state_dict(load_checkpoint(args.checkpoint), strict=True)
-    model = convert(reference)
-    report = verify(reference, model, model.config.vision_config.image_size, model.config.text_config.vocab_size)
-    print("max abs diff vs open_clip:", report)
-    from hf_mm.models.coca.processing_coca import CocaProcessor
-
-    processor = CocaProcessor.from_open_clip(image_size=model.config.vision_config.image_size,
-                                             context_length=model.config.text_config.max_position_embeddings)
-    card = render_model_card(
-        "coca.md", model_name=args.model, source=f"open_clip `{args.model}`", parity=report,
-        repo_id=args.push_to_hub or args.output_dir,
+    name = args.model
+    if args.model_config:
+        path = Path(args.model_config)
+        if not path.is_file():
+            raise ValueError(f"--model-config must be an open_clip model config .json file, got {str(path)!r}")
+        open_clip.add_model_config(path)
+        name = path.stem
+    _, model, report = convert_from_reference(
+        progress, lambda: open_clip.create_model(name, pretrained=None), args.checkpoint, convert,
+        lambda ref, model: verify(ref, model, model.config.vision_config.image_size, model.config.text_config.vocab_size),
     )
-    save_converted(model, args.output_dir, processor, card, report, args.push_to_hub, args.private)
+    cfg = model.config
+    from hf_mm.models.coca.processing_coca import CocaProcessor, CocaImageProcessor
+
+    processor = CocaProcessor.from_open_clip(image_size=cfg.vision_config.image_size,
+                                             context_length=cfg.text_config.max_position_embeddings)
+    if args.tokenizer:
+        processor = CocaProcessor(processor.image_processor, load_tokenizer(args.tokenizer, cfg.text_config.vocab_size),
+                                  text_pad_id=cfg.text_config.pad_token_id)
+    elif len(processor.tokenizer) > cfg.text_config.vocab_size:
+        raise ValueError(f"open_clip's CLIP tokenizer has {len(processor.tokenizer)} tokens but the model's vocabulary "
+                         f"has {cfg.text_config.vocab_size}: pass the checkpoint's tokenizer with --tokenizer")
+    return Conversion(
+        model=model, family="coca", source=f"open_clip {library_version('open_clip_torch')}",
+        checkpoint=args.checkpoint, parity=report, processor=processor,
+        card_fields=dict(architecture_name=f"open_clip `{name}`"),
+        notes=["open_clip's default generation (diverse group beam search) is not reproduced: hf_mm uses "
+               "transformers' `generate()`."],
+    )
+
+
+def main(argv=None):
+    """`python -m conversion.open_clip_coca ...` = `python -m conversion open_clip_coca ...`."""
+    from .__main__ import source_main
+
+    return source_main("open_clip_coca", argv)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Convert lucidrains' `x_clip.CLIP` (x-clip 0.14.4) into `hf_mm.models.x_clip.XClipModel`.
 
-    python -m conversion.x_clip --reference-config clip_kwargs.json --checkpoint clip.pt --output-dir out/ \
-        [--push-to-hub user/repo] [--private]
+    python -m conversion x_clip --reference-kwargs clip_kwargs.json --checkpoint clip.pt --output-dir out/ \
+        [--tokenizer tok/] [--push-to-hub user/repo [--private]]
 
-`clip_kwargs.json` holds the keyword arguments the checkpoint's `x_clip.CLIP` was built with. Every tensor
+`--reference-kwargs` (a JSON file or inline JSON) holds the keyword arguments the checkpoint's `x_clip.CLIP`
+was built with (x-clip publishes no configs). Every tensor
 of the source state dict is consumed: mapped, verified as an alias of the module it duplicates (x-clip
 registers its towers again under `mlm.` / `visual_ssl.`), or dropped with a reason (the `*_extra`
 projections x-clip always creates, unused unless `extra_latent_projection=True`).
@@ -12,7 +13,6 @@ projections x-clip always creates, unused unless `extra_latent_projection=True`)
 from __future__ import annotations
 
 import argparse
-import json
 import re
 
 import torch
@@ -20,7 +20,10 @@ import torch
 from hf_mm.layers.rotary import RotaryEmbedding
 from hf_mm.models.x_clip import XClipConfig, XClipModel
 
-from .common import StateDictConverter, load_checkpoint, max_abs_diff, render_model_card, save_converted
+from .common import (
+    Conversion, StateDictConverter, convert_from_reference, library_version, load_tokenizer, max_abs_diff,
+    normalisation_note, read_json_argument, square_image_processor,
+)
 
 
 def _tower_shape(transformer) -> dict:
@@ -170,8 +173,17 @@ def convert(reference_model) -> XClipModel:
     return conv.finish(model)
 
 
+def _train_without_dropout(module: torch.nn.Module) -> None:
+    """Training mode (x-clip computes its loss only there) with dropout and patch dropout switched off."""
+    module.train()
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Dropout) or type(sub).__name__ == "PatchDropout":
+            sub.eval()
+
+
 def parity_report(reference_model, model: XClipModel, batch: int = 2, seed: int = 0) -> dict:
-    """Max abs differences of latents and eval similarities on random inputs."""
+    """Max abs differences of latents and similarities on random inputs, and of the training loss (seeded, without
+    dropout or patch dropout) unless visual SSL makes it random by design (its augmentations)."""
     cfg = model.config
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, cfg.text_config.vocab_size, (batch, cfg.text_config.max_position_embeddings), generator=g)
@@ -183,38 +195,65 @@ def parity_report(reference_model, model: XClipModel, batch: int = 2, seed: int 
     model.eval()
     with torch.no_grad():
         ref = reference_model(ids, pixels, return_latents=True)
+        ref_sim = reference_model(ids, pixels)
         ours = model(ids, pixels)
-    return {
+    report = {
         "text_embeds": max_abs_diff(ref[0], ours.text_embeds),
         "image_embeds": max_abs_diff(ref[1], ours.image_embeds),
     }
+    if ref_sim.ndim == 1:  # x-clip returns the per-pair similarity: the diagonal of the full matrix
+        report["similarity"] = max_abs_diff(ref_sim, ours.logits_per_text.diagonal())
+    if not cfg.use_visual_ssl:
+        _train_without_dropout(reference_model)
+        _train_without_dropout(model)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            ref_loss = reference_model(ids, pixels, return_loss=True)
+            torch.manual_seed(seed + 1)
+            loss = model(ids, pixels, return_loss=True).loss
+        reference_model.eval()
+        model.eval()
+        report["loss"] = abs(float(ref_loss) - float(loss))
+    return report
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference-config", required=True, help="JSON file of x_clip.CLIP keyword arguments")
-    parser.add_argument("--checkpoint", required=True, help="x-clip state dict (.pt/.bin with weights only, or .safetensors)")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--push-to-hub", default=None)
-    parser.add_argument("--private", action="store_true")
-    args = parser.parse_args(argv)
-    from x_clip import CLIP
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference-kwargs", "--reference-config", dest="reference_kwargs", required=True,
+                        help="JSON (file or inline) of x_clip.CLIP keyword arguments")
 
-    with open(args.reference_config) as f:
-        reference_kwargs = json.load(f)
-    reference = CLIP(**reference_kwargs)
-    reference.load_state_dict(load_checkpoint(args.checkpoint))
-    model = convert(reference)
-    report = parity_report(reference, model)
-    if max(report.values()) > 1e-4:
-        raise SystemExit(f"parity check failed: {report}")
-    card = render_model_card(
-        "x_clip.md", model_id=args.push_to_hub or args.output_dir,
-        num_parameters=f"{model.num_parameters():,}", parity=json.dumps(report),
-        options=", ".join(k for k, v in reference_kwargs.items() if v is True) or "none",
+
+def run(args, progress) -> Conversion:
+    """Rebuild the x-clip reference, load the checkpoint, convert, verify; called by `python -m conversion`."""
+    from x_clip import CLIP  # reference library: conversion-time dependency only
+
+    reference_kwargs = read_json_argument(args.reference_kwargs, "--reference-kwargs")
+    _, model, report = convert_from_reference(progress, lambda: CLIP(**reference_kwargs), args.checkpoint, convert,
+                                              parity_report)
+    cfg, processor, notes = model.config, None, []
+    if args.tokenizer:
+        from hf_mm.models.x_clip.processing_x_clip import XClipProcessor
+
+        processor = XClipProcessor(square_image_processor(cfg.vision_config.image_size),
+                                   load_tokenizer(args.tokenizer, cfg.text_config.vocab_size))
+        notes.append(normalisation_note("x-clip"))
+    else:
+        notes.append("no --tokenizer given: no processor files are written (x-clip ships no tokenizer of its own "
+                     "for a model's vocabulary).")
+    if cfg.use_visual_ssl:
+        notes.append("the training loss is not compared: the visual SSL augmentations draw random numbers "
+                     "differently from x-clip's torchvision ones.")
+    options = ", ".join(f"`{k}`" for k, v in reference_kwargs.items() if v is True) or "none"
+    return Conversion(
+        model=model, family="x_clip", source=f"x-clip {library_version('x-clip')}", checkpoint=args.checkpoint,
+        parity=report, processor=processor, card_fields=dict(options=options), notes=notes,
     )
-    out = save_converted(model, args.output_dir, card=card, report=report, push_to_hub=args.push_to_hub, private=args.private)
-    print(f"saved {out}: {report}")
+
+
+def main(argv=None):
+    """`python -m conversion.x_clip ...` = `python -m conversion x_clip ...`."""
+    from .__main__ import source_main
+
+    return source_main("x_clip", argv)
 
 
 if __name__ == "__main__":

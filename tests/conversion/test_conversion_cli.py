@@ -1,0 +1,451 @@
+"""`python -m conversion SOURCE ...` end to end on tiny reference models: output folder, reload with the Auto
+classes against the reference, filled model card, verification summary and failures, push-to-hub up to the upload.
+
+(No `__init__.py` here on purpose: a `tests/conversion` package would shadow the real `conversion` package.)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import hf_mm  # noqa: F401  (Auto registration)
+from conversion.__main__ import SOURCES, main
+from conversion.common import render_model_card
+from reference_imports import REPO_ROOT, require_reference
+
+TOL = 1e-4
+WORDS = ["[PAD]", "[BOS]", "[EOS]", "<image>", "a", "red", "blue", "circle", "square", "photo", "of"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    """A tiny word-level tokenizer saved as a folder (ids: [PAD]=0, <image>=3), as `--tokenizer` takes it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[PAD]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("<image>", behavior="isolated"),
+                                                 pre_tokenizers.WhitespaceSplit()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", bos_token="[BOS]",
+                                        eos_token="[EOS]", additional_special_tokens=["<image>"])
+    path = tmp_path_factory.mktemp("tokenizer")
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def run_cli(source: str, *args: str) -> Path:
+    return main([source, *args, "--no-progress"])
+
+
+def check_card(out: Path, source_text: str) -> str:
+    """The card is fully rendered and carries this conversion's figures."""
+    card = (out / "README.md").read_text()
+    report = json.loads((out / "conversion_report.json").read_text())
+    assert "{{" not in card and "}}" not in card
+    assert source_text in card
+    assert Path(report["checkpoint"]).name in card
+    assert "## License" in card and "keep the license of the original checkpoint" in card
+    assert "- `" in card and "parameters" in card  # the architecture summary
+    if report["parity"] is not None:
+        assert report["parity"] and max(report["parity"].values()) <= TOL
+        for name, diff in report["parity"].items():
+            assert f"| `{name}` | {diff:.2e} |" in card
+    return card
+
+
+def saved_files(out: Path) -> set[str]:
+    return {p.name for p in out.iterdir()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the entry point
+
+
+def test_help_lists_every_source_in_a_real_subprocess():
+    proc = subprocess.run([sys.executable, "-m", "conversion", "--help"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for name, (_, description) in SOURCES.items():
+        assert name in proc.stdout and description in proc.stdout
+
+
+def test_source_help_lists_its_options_and_the_common_ones(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["x_clip", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--reference-kwargs", "--checkpoint", "--output-dir", "--tokenizer", "--push-to-hub", "--private",
+                   "--token", "--atol"):
+        assert option in text
+
+
+def test_unknown_source_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["not_a_source", "--checkpoint", "x"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_every_registered_source_has_the_source_interface():
+    import importlib
+
+    for module_name, _ in SOURCES.values():
+        module = importlib.import_module(module_name)
+        assert callable(module.add_arguments) and callable(module.run), module_name
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one tiny conversion per source
+
+
+OPEN_CLIP_COCA = dict(  # the real CLIP BPE vocabulary, so open_clip's tokenizer fits the model
+    embed_dim=16, custom_text=True,  # as in open_clip's own coca_*.json
+    multimodal_cfg=dict(context_length=12, vocab_size=49408, width=16, heads=2, layers=1),
+    text_cfg=dict(context_length=12, vocab_size=49408, width=16, heads=2, layers=1, embed_cls=True, output_tokens=True),
+    vision_cfg=dict(image_size=16, patch_size=8, width=16, head_width=8, layers=1, attentional_pool=True,
+                    attn_pooler_heads=2, attn_pooler_queries=3, output_tokens=True),
+)
+
+
+def test_open_clip_coca(tmp_path, capsys):
+    from transformers import AutoModel, AutoProcessor
+
+    open_clip = require_reference("open_clip")
+    config_path = tmp_path / "tiny_coca.json"
+    config_path.write_text(json.dumps(OPEN_CLIP_COCA))
+    open_clip.add_model_config(config_path)
+    torch.manual_seed(0)
+    ref = open_clip.create_model("tiny_coca", pretrained=None).eval()
+    torch.nn.init.normal_(ref.text_decoder.text_projection, std=0.25)  # torch.empty upstream
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "coca.safetensors")
+
+    out = main(["open_clip_coca", "--model-config", str(config_path), "--checkpoint", str(tmp_path / "coca.safetensors"),
+                "--output-dir", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert "verification against open_clip" in captured.out
+    for output in ("image_embeds", "text_embeds", "caption_logits", "caption_loss", "contrastive_loss"):
+        assert output in captured.out
+    assert "conversion" in captured.err and "tensor" in captured.err  # the progress bars
+    assert {"config.json", "model.safetensors", "README.md", "conversion_report.json", "processor_config.json",
+            "tokenizer.json"} <= saved_files(out)
+    card = check_card(out, "open_clip 3.3.0")
+    assert "open_clip `tiny_coca`" in card
+
+    model = AutoModel.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    assert processor.tokenizer("a photo").input_ids[0] == processor.tokenizer.bos_token_id
+    images = torch.randn(2, 3, 16, 16)
+    text = torch.randint(1, 49408, (2, 12))
+    with torch.no_grad():
+        expected = ref(images, text, output_labels=False)
+        ours = model(input_ids=text, pixel_values=images)
+    assert (expected["image_features"] - ours.image_embeds).abs().max() <= TOL
+    assert (expected["logits"] - ours.logits).abs().max() <= TOL
+
+
+COCA_PYTORCH = dict(dim=32, num_tokens=40, unimodal_depth=1, multimodal_depth=1, dim_head=8, heads=2, num_img_queries=3,
+                    image_dim=24, vit=dict(image_size=16, patch_size=8, num_classes=5, dim=24, depth=1, heads=2,
+                                           mlp_dim=32, dim_head=12))
+
+
+def test_coca_pytorch_with_inline_kwargs_and_a_pickled_checkpoint(tmp_path, tokenizer_dir):
+    from transformers import AutoModel, AutoProcessor
+
+    from conversion.coca_pytorch import build_reference
+
+    require_reference("coca_pytorch")
+    torch.manual_seed(0)
+    ref = build_reference(COCA_PYTORCH).eval()
+    torch.save(ref.state_dict(), tmp_path / "coca.pt")
+
+    out = run_cli("coca_pytorch", "--reference-kwargs", json.dumps(COCA_PYTORCH), "--checkpoint",
+                  str(tmp_path / "coca.pt"), "--output-dir", str(tmp_path / "out"), "--tokenizer", tokenizer_dir,
+                  "--model-name", "tiny-coca")
+    assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json"} <= saved_files(out)
+    card = check_card(out, "coca-pytorch 0.1.0")
+    assert card.startswith("---\nlibrary_name: transformers\nlicense: other\n") and "# tiny-coca" in card
+    assert set(json.loads((out / "conversion_report.json").read_text())["parity"]) == {
+        "caption_logits", "text_latents", "image_latents", "loss"}
+
+    model = AutoModel.from_pretrained(out).eval()
+    inputs = AutoProcessor.from_pretrained(out)(images=[torch.rand(3, 20, 20).numpy()], text=["a red circle"],
+                                               return_tensors="pt")
+    assert inputs["pixel_values"].shape == (1, 3, 16, 16)
+    with torch.no_grad():
+        expected = ref(inputs["input_ids"].clone(), images=inputs["pixel_values"])
+        ours = model(**inputs).logits
+    assert (expected - ours).abs().max() <= TOL
+
+
+X_CLIP = dict(dim_text=32, dim_image=32, dim_latent=16, num_text_tokens=40, text_enc_depth=1, text_seq_len=8,
+              text_heads=2, text_dim_head=16, visual_enc_depth=1, visual_image_size=16, visual_patch_size=8,
+              visual_heads=2, visual_dim_head=16, use_all_token_embeds=True)
+
+
+def x_clip_reference(tmp_path, seed=0):
+    """A tiny x-clip CLIP, its kwargs file and its `.pt` state dict."""
+    x_clip = require_reference("x_clip")
+    torch.manual_seed(seed)
+    ref = x_clip.CLIP(**X_CLIP).eval()
+    (tmp_path / "clip.json").write_text(json.dumps(X_CLIP))
+    torch.save(ref.state_dict(), tmp_path / "clip.pt")
+    return ref, str(tmp_path / "clip.json"), str(tmp_path / "clip.pt")
+
+
+def test_x_clip(tmp_path, tokenizer_dir):
+    from transformers import AutoModel, AutoProcessor
+
+    ref, kwargs_path, checkpoint = x_clip_reference(tmp_path)
+    out = run_cli("x_clip", "--reference-kwargs", kwargs_path, "--checkpoint", checkpoint,
+                  "--output-dir", str(tmp_path / "out"), "--tokenizer", tokenizer_dir)
+    assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json"} <= saved_files(out)
+    card = check_card(out, "x-clip 0.14.4")
+    assert "`use_all_token_embeds`" in card
+    assert {"text_embeds", "image_embeds", "loss"} <= set(json.loads((out / "conversion_report.json").read_text())["parity"])
+
+    model = AutoModel.from_pretrained(out).eval()
+    assert type(AutoProcessor.from_pretrained(out)).__name__ == "XClipProcessor"
+    ids, pixels = torch.randint(1, 40, (2, 8)), torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        text_latents, image_latents = ref(ids, pixels, return_latents=True)[:2]
+        ours = model(ids, pixels)
+    assert (text_latents - ours.text_embeds).abs().max() <= TOL
+    assert (image_latents - ours.image_embeds).abs().max() <= TOL
+
+
+FLAMINGO = dict(num_tokens=40, dim=32, depth=2, heads=2, dim_head=16, media_token_id=3, cross_attn_every=1,
+                perceiver_num_latents=4, perceiver_depth=1, max_video_frames=2,
+                vit=dict(image_size=16, patch_size=8, num_classes=5, dim=32, depth=1, heads=2, dim_head=16, mlp_dim=32))
+
+
+def test_flamingo_pytorch(tmp_path, tokenizer_dir):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from conversion.flamingo_pytorch import build_reference
+
+    require_reference("flamingo_pytorch")
+    torch.manual_seed(0)
+    ref = build_reference(FLAMINGO).eval()
+    with torch.no_grad():  # open the tanh gates (zero upstream), or the cross-attention would be invisible
+        for _, xattn in ref.layers:
+            xattn.attn_gate.fill_(0.7)
+            xattn.ff_gate.fill_(0.9)
+    save_file({k: v.clone() for k, v in ref.state_dict().items()}, tmp_path / "flamingo.safetensors")  # tied
+    (tmp_path / "arch.json").write_text(json.dumps(FLAMINGO))
+
+    out = run_cli("flamingo_pytorch", "--reference-kwargs", str(tmp_path / "arch.json"), "--checkpoint",
+                  str(tmp_path / "flamingo.safetensors"), "--output-dir", str(tmp_path / "out"),
+                  "--tokenizer", tokenizer_dir)
+    card = check_card(out, "flamingo-pytorch 0.1.2")
+    assert "media token (id 3)" in card
+    assert {"logits_images", "logits_text_only", "logits_video"} == set(
+        json.loads((out / "conversion_report.json").read_text())["parity"])
+
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    inputs = processor(text=["<image> a red circle"], images=[torch.rand(3, 16, 16).numpy()], return_tensors="pt")
+    assert inputs["input_ids"][0, 0].item() == 3 and inputs["pixel_values"].shape == (1, 1, 3, 16, 16)
+    with torch.no_grad():
+        expected = ref(inputs["input_ids"], images=inputs["pixel_values"])
+        ours = model(**inputs).logits
+    assert (expected - ours).abs().max() <= TOL
+
+
+def test_flamingo_media_token_must_match_the_tokenizer(tmp_path, tokenizer_dir):
+    from conversion.flamingo_pytorch import build_reference
+
+    require_reference("flamingo_pytorch")
+    arch = dict(FLAMINGO, media_token_id=5)
+    torch.save(build_reference(arch).state_dict(), tmp_path / "f.pt")
+    with pytest.raises(SystemExit, match=r"--media-token '<image>' has id 3 .* media_token_id is 5"):
+        run_cli("flamingo_pytorch", "--reference-kwargs", json.dumps(arch), "--checkpoint", str(tmp_path / "f.pt"),
+                "--output-dir", str(tmp_path / "out"), "--tokenizer", tokenizer_dir)
+    assert not (tmp_path / "out").exists()
+
+
+DALLE_VAE = dict(image_size=16, num_layers=2, num_tokens=16, codebook_dim=8, hidden_dim=8)
+DALLE = dict(dim=32, num_text_tokens=20, text_seq_len=5, depth=2, heads=2, dim_head=16,
+             attn_types=("axial_row", "full"))
+
+
+def dalle_reference(seed=0):
+    dalle_pytorch = require_reference("dalle_pytorch")
+    torch.manual_seed(seed)
+    return dalle_pytorch.DALLE(vae=dalle_pytorch.DiscreteVAE(**DALLE_VAE), **DALLE).eval()
+
+
+def test_dalle_pytorch_training_checkpoint_and_vae_state_dict(tmp_path, tokenizer_dir):
+    from transformers import AutoModel, AutoProcessor
+
+    ref = dalle_reference()
+    torch.save({"hparams": DALLE, "vae_params": DALLE_VAE, "weights": ref.state_dict()}, tmp_path / "dalle.pt")
+    out = run_cli("dalle_pytorch", "--checkpoint", str(tmp_path / "dalle.pt"), "--output-dir", str(tmp_path / "out"),
+                  "--tokenizer", tokenizer_dir)
+    assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json"} <= saved_files(out)
+    card = check_card(out, "dalle-pytorch 1.6.6")
+    assert "Attention pattern of each layer: axial_row, full." in card
+    model = AutoModel.from_pretrained(out).eval()
+    ids = AutoProcessor.from_pretrained(out)(text=["a blue square"])["input_ids"]
+    assert ids.tolist() == [[4, 6, 8, 0, 0]]
+    codes = torch.randint(0, 16, (1, model.config.image_seq_len))
+    with torch.no_grad():
+        assert (ref(ids.clone(), codes) - model(ids, image_ids=codes, use_cache=False).logits).abs().max() <= TOL
+
+    # a VAE as a plain state dict with its constructor arguments inline
+    save_file(ref.vae.state_dict(), tmp_path / "vae.safetensors")
+    vae_out = run_cli("dalle_pytorch", "--vae-only", "--checkpoint", str(tmp_path / "vae.safetensors"),
+                      "--reference-kwargs", json.dumps(DALLE_VAE), "--output-dir", str(tmp_path / "vae"))
+    check_card(vae_out, "the discrete VAE of DALL-E on its own")
+    vae = AutoModel.from_pretrained(vae_out)
+    images = torch.rand(2, 3, 16, 16)
+    assert torch.equal(vae.get_codebook_indices(images), ref.vae.get_codebook_indices(images))
+
+
+def test_dalle_without_the_reference_installed_converts_and_says_unverified(tmp_path, monkeypatch):
+    ref = dalle_reference()
+    torch.save({"hparams": DALLE, "vae_params": DALLE_VAE, "weights": ref.state_dict()}, tmp_path / "dalle.pt")
+    monkeypatch.setitem(sys.modules, "dalle_pytorch", None)  # `import dalle_pytorch` now raises ImportError
+    out = run_cli("dalle_pytorch", "--checkpoint", str(tmp_path / "dalle.pt"), "--output-dir", str(tmp_path / "out"))
+    assert json.loads((out / "conversion_report.json").read_text())["parity"] is None
+    card = check_card(out, "Not verified: the reference library (dalle-pytorch) was not installed")
+    assert "not verified: dalle-pytorch could not be imported" in card
+
+
+# ---------------------------------------------------------------------------------------------------------
+# failures: wrong checkpoints, failed verification, bad arguments
+
+
+def test_checkpoint_with_missing_and_extra_tensors_fails_listing_them(tmp_path):
+    ref, kwargs_path, _ = x_clip_reference(tmp_path)
+    state_dict = ref.state_dict()
+    del state_dict["to_text_latent.weight"]
+    state_dict["visual_transformer.extra_head.weight"] = torch.zeros(2)
+    torch.save(state_dict, tmp_path / "bad.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("x_clip", "--reference-kwargs", kwargs_path, "--checkpoint", str(tmp_path / "bad.pt"),
+                "--output-dir", str(tmp_path / "out"))
+    message = str(exit_info.value.code)
+    assert "1 missing tensors: ['to_text_latent.weight']" in message
+    assert "1 unexpected tensors: ['visual_transformer.extra_head.weight']" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_dalle_checkpoint_with_missing_and_extra_tensors_fails_listing_them(tmp_path):
+    ref = dalle_reference()
+    weights = ref.state_dict()
+    del weights["to_logits.1.bias"]
+    weights["extra"] = torch.zeros(1)
+    torch.save({"hparams": DALLE, "vae_params": DALLE_VAE, "weights": weights}, tmp_path / "dalle.pt")
+    with pytest.raises(SystemExit, match=r"missing tensors: \['to_logits.1.bias'\].*unexpected tensors: \['extra'\]"):
+        run_cli("dalle_pytorch", "--checkpoint", str(tmp_path / "dalle.pt"), "--output-dir", str(tmp_path / "out"))
+
+
+def test_failed_verification_writes_nothing(tmp_path, monkeypatch, capsys):
+    import conversion.x_clip as source
+
+    real_convert = source.convert
+
+    def off_by_a_little(reference):  # a converter bug: one weight slightly wrong
+        model = real_convert(reference)
+        with torch.no_grad():
+            model.text_projection.weight[0, 0] += 1e-2
+        return model
+
+    monkeypatch.setattr(source, "convert", off_by_a_little)
+    _, kwargs_path, checkpoint = x_clip_reference(tmp_path)
+    with pytest.raises(SystemExit, match="verification failed: .*text_embeds"):
+        run_cli("x_clip", "--reference-kwargs", kwargs_path, "--checkpoint", checkpoint,
+                "--output-dir", str(tmp_path / "out"))
+    table = capsys.readouterr().out
+    assert "verification against x-clip" in table and any(
+        line.split()[0] == "text_embeds" and line.split()[-1] == "NO" for line in table.splitlines()[1:])
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_arguments_name_what_was_expected(tmp_path, tokenizer_dir):
+    _, kwargs_path, checkpoint = x_clip_reference(tmp_path)
+    common = ["--checkpoint", checkpoint, "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="--reference-kwargs must be a JSON object or the path of a JSON file"):
+        run_cli("x_clip", "--reference-kwargs", str(tmp_path / "missing.json"), *common)
+    with pytest.raises(SystemExit, match="--reference-kwargs must be a JSON object of keyword arguments, got list"):
+        run_cli("x_clip", "--reference-kwargs", "[1, 2]", *common)
+    small = dict(X_CLIP, num_text_tokens=8)
+    torch.save(require_reference("x_clip").CLIP(**small).state_dict(), tmp_path / "small.pt")
+    with pytest.raises(SystemExit, match=r"--tokenizer has 11 tokens but the model's vocabulary has only 8"):
+        run_cli("x_clip", "--reference-kwargs", json.dumps(small), "--checkpoint", str(tmp_path / "small.pt"),
+                "--output-dir", str(tmp_path / "out"), "--tokenizer", tokenizer_dir)
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        run_cli("x_clip", "--reference-kwargs", kwargs_path, "--checkpoint", str(tmp_path / "nope.pt"),
+                "--output-dir", str(tmp_path / "out"))
+    with pytest.raises(SystemExit) as exit_info:  # argparse: --private without --push-to-hub
+        run_cli("x_clip", "--reference-kwargs", kwargs_path, *common, "--private")
+    assert exit_info.value.code == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# push to hub, up to the upload call
+
+
+def test_push_to_hub_creates_the_repo_and_uploads_the_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create_repo", self.token, repo_id, kwargs))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, **kwargs):
+        files = {p.name: p.read_bytes() for p in Path(kwargs["folder_path"]).iterdir()}
+        calls.append(("upload_folder", self.token, kwargs, files))
+        return f"https://huggingface.co/{kwargs['repo_id']}/commit/0"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    _, kwargs_path, checkpoint = x_clip_reference(tmp_path)
+    out = run_cli("x_clip", "--reference-kwargs", kwargs_path, "--checkpoint", checkpoint, "--output-dir",
+                  str(tmp_path / "out"), "--push-to-hub", "me/tiny-xclip", "--private", "--token", "hf_test")
+
+    assert [c[0] for c in calls] == ["create_repo", "upload_folder"]
+    _, token, repo_id, kwargs = calls[0]
+    assert (token, repo_id, kwargs["private"], kwargs["exist_ok"], kwargs["repo_type"]) == (
+        "hf_test", "me/tiny-xclip", True, True, "model")
+    _, token, kwargs, files = calls[1]
+    assert token == "hf_test" and kwargs["repo_id"] == "me/tiny-xclip" and kwargs["repo_type"] == "model"
+    assert Path(kwargs["folder_path"]) == out
+    assert {"config.json", "model.safetensors", "README.md", "conversion_report.json"} <= set(files)
+    assert b'AutoModel.from_pretrained("me/tiny-xclip")' in files["README.md"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# model card templates
+
+
+@pytest.mark.parametrize("family", ["coca", "x_clip", "flamingo", "dalle"])
+def test_templates_refuse_unfilled_and_unknown_fields(family):
+    with pytest.raises(ValueError, match="unfilled fields"):
+        render_model_card(f"{family}.md", model_name="m")
+    with pytest.raises(ValueError, match=r"no placeholder for the fields \['not_a_field'\]"):
+        render_model_card(f"{family}.md", not_a_field="x")
+
+
+def test_checkpoint_whose_tied_tensors_differ_fails(tmp_path):
+    """coca-pytorch ties `to_logits.1.weight` to `token_emb.weight`: loading would silently keep one of them."""
+    from conversion.coca_pytorch import build_reference
+
+    require_reference("coca_pytorch")
+    kwargs = {k: v for k, v in COCA_PYTORCH.items() if k != "vit"}
+    state_dict = {k: v.clone() for k, v in build_reference(kwargs).state_dict().items()}
+    state_dict["to_logits.1.weight"] += 1.0
+    torch.save(state_dict, tmp_path / "coca.pt")
+    with pytest.raises(SystemExit, match=r"tensors the reference ties together differ: (token_emb.weight vs "
+                       r"\['to_logits.1.weight'\]|to_logits.1.weight vs \['token_emb.weight'\])"):
+        run_cli("coca_pytorch", "--reference-kwargs", json.dumps(kwargs), "--checkpoint", str(tmp_path / "coca.pt"),
+                "--output-dir", str(tmp_path / "out"))
