@@ -123,7 +123,10 @@ class XClipConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     vision_config: dict | PreTrainedConfig | None = None
     projection_dim: int = 512
-    logit_scale_init_value: float = 1.0  # log of the initial scale (x-clip's `temperature`), unclamped
+    logit_scale_init_value: float = 1.0  # log of the initial scale (x-clip's `temperature`)
+    # the scale exp(temperature) is clamped to this (open_clip's 100) so fp16/bf16 logits stay finite; x-clip
+    # itself never clamps, so None reproduces it exactly for checkpoints whose scale grew past 100
+    logit_scale_max: float | None = 100.0
     text_has_cls_token: bool = True
     visual_has_cls_token: bool = True
     text_encode_without_mask: bool = False
@@ -174,6 +177,8 @@ class XClipConfig(PreTrainedConfig):
             raise ValueError("use_mlm=True needs the built-in text tower (text_config of type XClipTextConfig)")
         if self.use_visual_ssl and not isinstance(self.vision_config, XClipVisionConfig):
             raise ValueError("use_visual_ssl=True needs the built-in vision tower (vision_config of type XClipVisionConfig)")
+        if self.logit_scale_max is not None and not self.logit_scale_max > 0:
+            raise ValueError(f"logit_scale_max must be > 0 (or None for no clamp), got {self.logit_scale_max}")
         for name in ("text_ssl_loss_weight", "image_ssl_loss_weight", "multiview_loss_weight", "sim_reg_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -15,6 +15,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from hf_mm.layers import LayerNorm, LogitScale, RotaryEmbedding, TransformerBlock, self_attention_mask
+from hf_mm.layers.validation import check_attention_mask, check_pixel_values, check_token_ids
 from hf_mm.layers.vision import PatchDropout
 from hf_mm.modeling_utils import HfMmPreTrainedModel
 
@@ -195,7 +196,7 @@ class XClipModel(XClipPreTrainedModel):
         if config.extra_latent_projection:  # CLOOB: separate latents for the image -> text direction
             self.text_projection_extra = nn.Linear(text.hidden_size, config.projection_dim, bias=False)
             self.visual_projection_extra = self._make_visual_projection()
-        self.logit_scale = LogitScale(config.logit_scale_init, max_scale=None)
+        self.logit_scale = LogitScale(config.logit_scale_init, max_scale=config.logit_scale_max)
         self.mlm = XClipMLMHead(config) if config.use_mlm else None
         if config.use_visual_ssl:
             augment = (
@@ -213,41 +214,27 @@ class XClipModel(XClipPreTrainedModel):
 
     # ----------------------------------------------------------------------------------------- input checks
     def _check_input_ids(self, input_ids, name: str = "input_ids") -> None:
-        if not torch.is_tensor(input_ids) or input_ids.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
-            raise TypeError(f"{name} must be an integer tensor of shape (batch, seq_len), got {type(input_ids).__name__}"
-                            + (f" of dtype {input_ids.dtype}" if torch.is_tensor(input_ids) else ""))
-        if input_ids.ndim != 2 or 0 in input_ids.shape:
-            raise ValueError(f"{name} must have shape (batch, seq_len) with both > 0, got {tuple(input_ids.shape)}")
         if not self.builtin_text:
+            check_token_ids(input_ids, name)
             return
-        max_len = self.config.text_config.max_position_embeddings
-        if input_ids.shape[1] > max_len:
-            raise ValueError(f"{name} has {input_ids.shape[1]} tokens, more than text_seq_len "
-                             f"(text_config.max_position_embeddings={max_len})")
-        rows = self.text_model.embed_tokens.num_embeddings
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= rows:
-            raise ValueError(f"{name} holds token ids in [{low}, {high}], expected ids in [0, {rows - 1}] (vocab_size)")
-        if self.config.text_config.causal:
-            eos = self.config.text_config.eos_token_id
-            if not bool((input_ids == eos).any(dim=-1).all()):
-                raise ValueError(f"every row of {name} needs the eos token {eos} (causal text tower pools at eos)")
+        text = self.config.text_config
+        check_token_ids(
+            input_ids, name, vocab_size=self.text_model.embed_tokens.num_embeddings, vocab_field="text_config.vocab_size",
+            max_length=text.max_position_embeddings, length_field="text_config.max_position_embeddings, x-clip's text_seq_len",
+        )
+        if text.causal and not bool((input_ids == text.eos_token_id).any(dim=-1).all()):
+            raise ValueError(f"every row of {name} needs the eos token {text.eos_token_id} (causal text tower pools at eos)")
 
     def _check_pixel_values(self, pixel_values, name: str = "pixel_values") -> None:
         vision = self.config.vision_config
-        c = getattr(vision, "num_channels", 3)
-        s = getattr(vision, "image_size", None)
-        if not torch.is_tensor(pixel_values) or not pixel_values.is_floating_point():
-            raise TypeError(f"{name} must be a float tensor of shape (batch, {c}, {s}, {s})")
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != c or (s is not None and pixel_values.shape[2:] != (s, s)):
-            raise ValueError(f"{name} must have shape (batch, {c}, {s}, {s}) (image_size={s}, "
-                             f"patch_size={getattr(vision, 'patch_size', None)}), got {tuple(pixel_values.shape)}")
+        check_pixel_values(
+            pixel_values, name, num_channels=getattr(vision, "num_channels", 3),
+            image_size=getattr(vision, "image_size", None), size_hint=f", patch_size={getattr(vision, 'patch_size', None)}",
+        )
 
     def _text_mask(self, input_ids, attention_mask):
         if attention_mask is not None:
-            if attention_mask.shape != input_ids.shape:
-                raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-                                 f"got {tuple(attention_mask.shape)}")
+            check_attention_mask(attention_mask, tuple(input_ids.shape))
             return attention_mask.bool()
         pad = getattr(self.config.text_config, "pad_token_id", None)
         return input_ids != pad if pad is not None else torch.ones_like(input_ids, dtype=torch.bool)

@@ -142,7 +142,7 @@ def test_bad_input():
         model(ids, torch.rand(3, 3, 20, 20))
     with pytest.raises(ValueError, match="text_seq_len"):
         model(torch.ones(3, 9, dtype=torch.long), pixels)
-    with pytest.raises(ValueError, match=r"token ids in \[3, 50\]"):
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 50\)"):
         model(ids.clone().fill_(3).index_fill_(1, torch.tensor([0]), 50), pixels)
     with pytest.raises(TypeError, match="input_ids must be an integer tensor"):
         model(ids.float(), pixels)
