@@ -18,11 +18,11 @@ from pathlib import Path
 # `add_arguments(parser)` (its own options; the common ones below are added for it) and
 # `run(args, progress) -> conversion.common.Conversion`.
 SOURCES: dict[str, tuple[str, str]] = {
-    "open_clip_coca": ("conversion.open_clip_coca", "open_clip CoCa (`--model coca_ViT-B-32`, or `--model-config x.json`)"),
-    "coca_pytorch": ("conversion.coca_pytorch", "lucidrains coca-pytorch `CoCa` (+ optional vit-pytorch `ViT`)"),
-    "x_clip": ("conversion.x_clip", "lucidrains x-clip `CLIP` with its built-in towers"),
-    "flamingo_pytorch": ("conversion.flamingo_pytorch", "lucidrains flamingo-pytorch `FlamingoPaLM` + vit-pytorch `ViT`"),
-    "dalle_pytorch": ("conversion.dalle_pytorch", "lucidrains DALLE-pytorch `DALLE` / `DiscreteVAE` training checkpoints"),
+    "open_clip_coca": ("conversion.open_clip_coca", "open_clip CoCa (--model coca_ViT-B-32, or --model-config)"),
+    "coca_pytorch": ("conversion.coca_pytorch", "lucidrains coca-pytorch CoCa (+ optional vit-pytorch ViT)"),
+    "x_clip": ("conversion.x_clip", "lucidrains x-clip CLIP with its built-in towers"),
+    "flamingo_pytorch": ("conversion.flamingo_pytorch", "lucidrains flamingo-pytorch FlamingoPaLM + vit-pytorch ViT"),
+    "dalle_pytorch": ("conversion.dalle_pytorch", "lucidrains DALLE-pytorch DALLE / DiscreteVAE checkpoints"),
 }
 
 STAGES = ("build reference", "load checkpoint", "convert", "verify", "model card", "save")

@@ -163,7 +163,8 @@ def check_against_reference(reference: torch.nn.Module, state_dict: dict, name: 
         parts = [f"{len(missing)} missing tensors: {missing}" if missing else "",
                  f"{len(unexpected)} unexpected tensors: {unexpected}" if unexpected else "",
                  f"shape mismatches: {shapes}" if shapes else ""]
-        raise UnmappedTensorsError(f"{name} does not match the reference architecture; " + "; ".join(p for p in parts if p))
+        raise UnmappedTensorsError(
+            f"{name} does not match the reference architecture; " + "; ".join(p for p in parts if p))
 
 
 def load_reference_weights(reference: torch.nn.Module, checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -269,9 +269,9 @@ def run(args, progress) -> Conversion:
     if library is None:
         notes.append(f"not verified: dalle-pytorch could not be imported ({why_not}).")
     if args.vae_only:
-        summary = (f"the discrete VAE of DALL-E on its own (`DiscreteVAEModel`): {model.config.image_size}px images "
-                   f"<-> {model.config.fmap_size}x{model.config.fmap_size} codes from a {model.config.num_tokens}-entry "
-                   "codebook.")
+        vae = model.config
+        summary = (f"the discrete VAE of DALL-E on its own (`DiscreteVAEModel`): {vae.image_size}px images <-> "
+                   f"{vae.fmap_size}x{vae.fmap_size} codes from a {vae.num_tokens}-entry codebook.")
     else:
         cfg = model.config
         summary = (f"a `DalleForImageGeneration`: a {cfg.num_hidden_layers}-layer decoder-only transformer (hidden "
@@ -281,7 +281,8 @@ def run(args, progress) -> Conversion:
         if args.tokenizer:
             from hf_mm.models.dalle.processing_dalle import DalleProcessor
 
-            processor = DalleProcessor(load_tokenizer(args.tokenizer, cfg.num_text_tokens), text_seq_len=cfg.text_seq_len)
+            tokenizer = load_tokenizer(args.tokenizer, cfg.num_text_tokens)
+            processor = DalleProcessor(tokenizer, text_seq_len=cfg.text_seq_len)
         else:
             notes.append("no --tokenizer given: no processor files are written (dalle-pytorch checkpoints do not "
                          "record which tokenizer they were trained with).")

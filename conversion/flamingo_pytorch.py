@@ -136,7 +136,8 @@ def verify(reference_model, model: FlamingoForConditionalGeneration, seed: int =
     images = torch.randn(2, 2, 3, size, size, generator=g)
     reference_model.eval()
     report = {
-        "logits_images": max_abs_diff(reference_model(ids, images=images), model(input_ids=ids, pixel_values=images).logits),
+        "logits_images": max_abs_diff(reference_model(ids, images=images),
+                                      model(input_ids=ids, pixel_values=images).logits),
         "logits_text_only": max_abs_diff(reference_model(text_only), model(input_ids=text_only).logits),
     }
     frames = cfg.perceiver_config.max_video_frames
@@ -162,12 +163,14 @@ def run(args, progress) -> Conversion:
     _, model, report = convert_from_reference(progress, lambda: build_reference(arch), args.checkpoint, convert, verify)
     cfg, processor = model.config, None
     notes = ["Text before the first medium: in lucidrains' `only_attend_immediate_media=False` mode it attends "
-             "uniformly to every latent, in hf_mm to none (the verification prompts start with a medium)."]
+             "uniformly to every latent, in hf_mm to none (the verification prompts start with a medium).",
+             "flamingo-pytorch has no generation loop and no attention mask; hf_mm adds both."]
     if args.tokenizer:
         from hf_mm.models.flamingo.processing_flamingo import FlamingoProcessor
 
-        processor = FlamingoProcessor(square_image_processor(cfg.vision_config.image_size),
-                                      load_tokenizer(args.tokenizer, cfg.text_config.vocab_size), media_token=args.media_token)
+        tokenizer = load_tokenizer(args.tokenizer, cfg.text_config.vocab_size)
+        processor = FlamingoProcessor(square_image_processor(cfg.vision_config.image_size), tokenizer,
+                                      media_token=args.media_token)
         if processor.media_token_id != cfg.media_token_id:
             raise ValueError(f"--media-token {args.media_token!r} has id {processor.media_token_id} in --tokenizer, "
                              f"but the model's media_token_id is {cfg.media_token_id}")
@@ -177,7 +180,9 @@ def run(args, progress) -> Conversion:
     return Conversion(
         model=model, family="flamingo", source=f"flamingo-pytorch {library_version('flamingo-pytorch')}",
         checkpoint=args.checkpoint, parity=report, processor=processor,
-        card_fields=dict(architecture_name="lucidrains flamingo-pytorch `FlamingoPaLM` with a vit-pytorch `ViT`",
+        card_fields=dict(architecture_name="lucidrains flamingo-pytorch `FlamingoPaLM` (PaLM language model: parallel "
+                                           "attention + SwiGLU blocks, multi-query attention, rotary positions) with "
+                                           "a vit-pytorch `ViT`",
                          media_token_id=cfg.media_token_id), notes=notes,
     )
 

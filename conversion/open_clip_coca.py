@@ -198,7 +198,8 @@ def run(args, progress) -> Conversion:
         name = path.stem
     _, model, report = convert_from_reference(
         progress, lambda: open_clip.create_model(name, pretrained=None), args.checkpoint, convert,
-        lambda ref, model: verify(ref, model, model.config.vision_config.image_size, model.config.text_config.vocab_size),
+        lambda ref, model: verify(ref, model, model.config.vision_config.image_size,
+                                  model.config.text_config.vocab_size),
     )
     cfg = model.config
     from hf_mm.models.coca.processing_coca import CocaProcessor, CocaImageProcessor

@@ -126,8 +126,8 @@ def test_open_clip_coca(tmp_path, capsys):
     torch.nn.init.normal_(ref.text_decoder.text_projection, std=0.25)  # torch.empty upstream
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "coca.safetensors")
 
-    out = main(["open_clip_coca", "--model-config", str(config_path), "--checkpoint", str(tmp_path / "coca.safetensors"),
-                "--output-dir", str(tmp_path / "out")])
+    out = main(["open_clip_coca", "--model-config", str(config_path), "--checkpoint",
+                str(tmp_path / "coca.safetensors"), "--output-dir", str(tmp_path / "out")])
     captured = capsys.readouterr()
     assert "verification against open_clip" in captured.out
     for output in ("image_embeds", "text_embeds", "caption_logits", "caption_loss", "contrastive_loss"):
@@ -208,7 +208,8 @@ def test_x_clip(tmp_path, tokenizer_dir):
     assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json"} <= saved_files(out)
     card = check_card(out, "x-clip 0.14.4")
     assert "`use_all_token_embeds`" in card
-    assert {"text_embeds", "image_embeds", "loss"} <= set(json.loads((out / "conversion_report.json").read_text())["parity"])
+    parity = json.loads((out / "conversion_report.json").read_text())["parity"]
+    assert {"text_embeds", "image_embeds", "loss"} <= set(parity)
 
     model = AutoModel.from_pretrained(out).eval()
     assert type(AutoProcessor.from_pretrained(out)).__name__ == "XClipProcessor"
