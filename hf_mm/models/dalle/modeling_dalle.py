@@ -20,6 +20,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import ModelOutput
 
 from hf_mm.layers import LayerNorm, TransformerBlock, init_shared_layer
+from hf_mm.layers.validation import check_same_batch, check_token_ids
 from hf_mm.modeling_utils import HfMmPreTrainedModel
 
 from .attention_patterns import attention_pattern_mask
@@ -239,6 +240,8 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
         """Validate the inputs and return unified ids `(b, n)` for positions `past_length..` (with `<bos>` and
         per-position pad ids on the first call). May run one past the last input position (the final code)."""
         config = self.config
+        if input_ids is not None:
+            check_token_ids(input_ids)
         if past_length == 0:
             if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] < config.text_seq_len:
                 raise ValueError(
@@ -267,10 +270,17 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
                 raise ValueError("pass either image_ids or pixel_values, not both")
             image_ids = self.vae.get_codebook_indices(pixel_values)
         if image_ids is not None:
-            if image_ids.min() < 0 or image_ids.max() >= config.vae_config.num_tokens:
-                raise ValueError(f"image_ids must lie in [0, {config.vae_config.num_tokens})")
+            check_token_ids(image_ids, "image_ids", vocab_size=config.vae_config.num_tokens,
+                            vocab_field="vae_config.num_tokens")
+            check_same_batch(("input_ids", input_ids), ("image_ids", image_ids))
             pieces.append(image_ids + config.text_vocab_size)
-        return torch.cat(pieces, dim=1)
+        tokens = torch.cat(pieces, dim=1)
+        if past_length + tokens.shape[1] > config.max_seq_len + 1:  # + 1: <bos>
+            raise ValueError(
+                f"input_ids and image_ids hold {past_length + tokens.shape[1] - 1 - config.text_seq_len} image tokens "
+                f"(cached ones included), more than image_seq_len={config.image_seq_len}"
+            )
+        return tokens
 
     # -- forward ------------------------------------------------------------------------------------------
 

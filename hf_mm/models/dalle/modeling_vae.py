@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import ModelOutput
 
+from hf_mm.layers.validation import check_pixel_values, check_token_ids, describe
 from hf_mm.modeling_utils import HfMmPreTrainedModel
 
 from .configuration_dalle import DiscreteVAEConfig
@@ -76,13 +77,9 @@ class DiscreteVAEModel(DiscreteVAEPreTrainedModel):
         self.decoder = nn.Sequential(*decoder)
         self.post_init()
 
-    def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
-        size, channels = self.config.image_size, self.config.channels
-        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (channels, size, size):
-            raise ValueError(
-                f"pixel_values must have shape (batch, {channels}, {size}, {size}) to match the dVAE, "
-                f"got {tuple(pixel_values.shape)}"
-            )
+    def check_pixel_values(self, pixel_values: torch.Tensor, name: str = "pixel_values") -> None:
+        """`(batch, channels, image_size, image_size)` finite floats (see `validation.check_pixel_values`)."""
+        check_pixel_values(pixel_values, name, num_channels=self.config.channels, image_size=self.config.image_size)
 
     def normalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(b, c, H, W)`: `(x - mean) / std` per channel, or unchanged when `normalization` is None."""
@@ -103,13 +100,13 @@ class DiscreteVAEModel(DiscreteVAEPreTrainedModel):
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """`(b, h*w)` code indices -> `(b, c, H, W)` images (normalised space)."""
-        side = isqrt(indices.shape[-1])
+        side = isqrt(indices.shape[-1]) if torch.is_tensor(indices) and indices.ndim == 2 else 0
         if side * side != indices.shape[-1] or side != self.config.fmap_size:
             raise ValueError(
-                f"indices must hold {self.config.fmap_size ** 2} codes per image, got shape {tuple(indices.shape)}"
+                f"indices must have shape (batch, {self.config.fmap_size ** 2}): {self.config.fmap_size ** 2} codes per "
+                f"image, got {describe(indices)}"
             )
-        if indices.min() < 0 or indices.max() >= self.config.num_tokens:
-            raise ValueError(f"indices must lie in [0, {self.config.num_tokens}), got values outside it")
+        check_token_ids(indices, "indices", vocab_size=self.config.num_tokens, vocab_field="num_tokens")
         embeds = self.codebook(indices)  # b (h w) d
         embeds = embeds.transpose(1, 2).reshape(embeds.shape[0], -1, side, side)  # b d h w
         return self.decoder(embeds)
@@ -118,8 +115,8 @@ class DiscreteVAEModel(DiscreteVAEPreTrainedModel):
                 **kwargs) -> DiscreteVAEOutput:
         """`pixel_values (b, c, H, W)` -> reconstructions `(b, c, H, W)`, logits `(b, t, h, w)`, optional loss."""
         config = self.config
-        images = self.normalize(pixel_values)
         self.check_pixel_values(pixel_values)
+        images = self.normalize(pixel_values)
         logits = self.encoder(images)
         tau = config.temperature if temperature is None else temperature
         one_hot = F.gumbel_softmax(logits, tau=tau, dim=1, hard=config.straight_through)
