@@ -27,3 +27,45 @@ def convert_parallel_block(conv: StateDictConverter, src: str, dst: str, heads: 
     conv.put(f"{dst}.mlp.fc1.weight", ff)
     conv.move(f"{src}.attn_out.weight", f"{dst}.attn.o_proj.weight")
     conv.move(f"{src}.ff_out.1.weight", f"{dst}.mlp.fc2.weight")
+
+
+def move_layernorm(conv: StateDictConverter, src: str, dst: str) -> None:
+    """`nn.LayerNorm` weight and bias."""
+    conv.move(f"{src}.weight", f"{dst}.weight")
+    conv.move(f"{src}.bias", f"{dst}.bias")
+
+
+def convert_fused_kv_attention(conv: StateDictConverter, src: str, dst: str) -> None:
+    """lucidrains' bias-free `to_q` / fused `to_kv` / `to_out` -> `Attention`'s q/k/v/o projections."""
+    k, v = conv.take(f"{src}.to_kv.weight").chunk(2, dim=0)
+    conv.move(f"{src}.to_q.weight", f"{dst}.q_proj.weight")
+    conv.put(f"{dst}.k_proj.weight", k)
+    conv.put(f"{dst}.v_proj.weight", v)
+    conv.move(f"{src}.to_out.weight", f"{dst}.o_proj.weight")
+
+
+def convert_feed_forward(conv: StateDictConverter, src: str, norm_dst: str, mlp_dst: str) -> None:
+    """`Sequential(LayerNorm, Linear, GELU, Linear)` (bias-free linears) -> a LayerNorm and an `MLP`."""
+    move_layernorm(conv, f"{src}.0", norm_dst)
+    conv.move(f"{src}.1.weight", f"{mlp_dst}.fc1.weight")
+    conv.move(f"{src}.3.weight", f"{mlp_dst}.fc2.weight")
+
+
+def convert_perceiver_layers(conv: StateDictConverter, src: str, dst: str, depth: int) -> None:
+    """Flamingo perceiver layers `[PerceiverAttention, FeedForward]` and the final norm -> `PerceiverResampler`."""
+    for i in range(depth):
+        s, d = f"{src}.layers.{i}", f"{dst}.layers.{i}"
+        move_layernorm(conv, f"{s}.0.norm_media", f"{d}.norm_media")
+        move_layernorm(conv, f"{s}.0.norm_latents", f"{d}.norm_latents")
+        convert_fused_kv_attention(conv, f"{s}.0", f"{d}.attn")
+        convert_feed_forward(conv, f"{s}.1", f"{d}.norm_ff", f"{d}.mlp")
+    move_layernorm(conv, f"{src}.norm", f"{dst}.norm")
+
+
+def convert_gated_cross_attention(conv: StateDictConverter, src: str, dst: str) -> None:
+    """Flamingo `GatedCrossAttentionBlock` (gates, masked cross-attention, feed-forward) -> hf_mm's."""
+    conv.move(f"{src}.attn_gate", f"{dst}.attn_gate")
+    conv.move(f"{src}.ff_gate", f"{dst}.ff_gate")
+    move_layernorm(conv, f"{src}.attn.norm", f"{dst}.norm1")
+    convert_fused_kv_attention(conv, f"{src}.attn", f"{dst}.attn")
+    convert_feed_forward(conv, f"{src}.ff", f"{dst}.norm2", f"{dst}.mlp")

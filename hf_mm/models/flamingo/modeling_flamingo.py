@@ -27,7 +27,9 @@ from hf_mm.modeling_utils import HfMmPreTrainedModel
 
 from .configuration_flamingo import FlamingoConfig
 from .cross_attention import GatedCrossAttentionBlock, media_time_from_ids, text_to_media_mask
-from .language_model import MediaConditioning, attach_cross_attention, build_language_model, find_decoder_layers
+from .language_model import (
+    MediaConditioning, attach_cross_attention, build_language_model, find_decoder_layers, fit_attention_implementation,
+)
 from .perceiver import PerceiverResampler
 
 
@@ -96,6 +98,8 @@ class FlamingoModel(FlamingoPreTrainedModel):
         self.config._attn_implementation = self.config._attn_implementation  # reach the sub-configs
         config.validate_architecture()
         text = config.text_config
+        if not config.uses_builtin_text_model:
+            fit_attention_implementation(text)
         self.vision_model = VisionTransformer(config.vision_config)
         self.perceiver = PerceiverResampler(config.perceiver_config)
         # keyed by the index of the decoder layer they sit at; that index is also their cross-attention cache slot

@@ -1,0 +1,258 @@
+"""OpenFlamingo (open_flamingo 2.0.1 `Flamingo`) -> `FlamingoForConditionalGeneration` around the same causal LM.
+
+    python -m conversion open_flamingo --checkpoint checkpoint.pt --language-model lm_dir/ \
+        [--vision-checkpoint open_clip_vit_l_14.pt] [--tokenizer lm_dir/] --output-dir out/
+
+`convert(state_dict, text_config, ...)` maps every tensor of an OpenFlamingo state dict. The state dict repeats
+modules under several names: each decoder layer appears as `<layers>.{i}.decoder_layer.*` and as
+`old_decoder_blocks.{i}.*`, each gated cross-attention as `<layers>.{i}.gated_cross_attn_layer.*` and as
+`gated_cross_attn_layers.{i}.*`, a tied head as both `lm_head` and the input embedding. The first name of each
+is converted, the others must hold the very same tensor (checked, then accounted for). The released
+`checkpoint.pt` files hold only the trained tensors (perceiver, cross-attention, embeddings); the rest comes from
+the language model's own weights (`language_model_state_dict`) and the open_clip vision tower
+(`vision_state_dict`), checkpoint tensors taking precedence.
+
+Vision: open_clip's `VisionTransformer`; its patch tokens (class token dropped) feed the perceiver. open_clip
+< 2.23, which OpenFlamingo was trained with, returns them before `ln_post`; >= 2.23 after it.
+`normalize_patch_tokens=False` (default) reproduces the checkpoints; `ln_post` and the pooled projection `proj`
+are then unused (consumed, listed in the report).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import torch
+
+from hf_mm.models.flamingo import FlamingoConfig, FlamingoForConditionalGeneration
+from hf_mm.models.flamingo.language_model import find_decoder_layers
+
+from .common import StateDictConverter, UnmappedTensorsError, max_abs_diff
+from .lucidrains import convert_gated_cross_attention, convert_perceiver_layers, move_layernorm
+from .open_clip_coca import _convert_block
+
+MEDIA_TOKEN, EOC_TOKEN, PAD_TOKEN = "<image>", "<|endofchunk|>", "<PAD>"
+_XATTN_KEY = re.compile(r"lang_encoder\.(?P<path>.+)\.(?P<i>\d+)\.gated_cross_attn_layer\.attn_gate")
+
+
+def _lm_base_prefix(text_config) -> str:
+    from transformers import AutoModelForCausalLM
+
+    lm_class = AutoModelForCausalLM._model_mapping.get(type(text_config), None)
+    if lm_class is None:
+        raise ValueError(f"text_config ({type(text_config).__name__}) is not a causal LM known to AutoModelForCausalLM")
+    return lm_class.base_model_prefix
+
+
+def read_layout(state_dict: dict, text_config) -> dict:
+    """Where the checkpoint keeps things: the LM's decoder-layer list (`model.layers`, `gpt_neox.layers`, ...),
+    the layers with a cross-attention block and the `cross_attn_every_n_layers` they imply."""
+    found = sorted({(m["path"], int(m["i"])) for k in state_dict if (m := _XATTN_KEY.fullmatch(k))}, key=lambda x: x[1])
+    paths = {path for path, _ in found}
+    if len(paths) != 1:
+        raise UnmappedTensorsError(f"not an OpenFlamingo state dict: gated cross-attention layers found under {paths or 'no'} paths")
+    path, ids = paths.pop(), [i for _, i in found]
+    every, num_layers = ids[0] + 1, text_config.num_hidden_layers
+    if ids != [i for i in range(num_layers) if (i + 1) % every == 0]:
+        raise UnmappedTensorsError(f"cross-attention at layers {ids} of {num_layers} is not OpenFlamingo's "
+                                   f"every-{every}-layers pattern (text_config.num_hidden_layers={num_layers}?)")
+    prefix = _lm_base_prefix(text_config)
+    if not path.startswith(prefix + "."):
+        raise UnmappedTensorsError(f"decoder layers at lang_encoder.{path}, outside the LM's base model {prefix!r}")
+    return dict(layers_path=path, base_prefix=prefix, cross_attn_every=every, layer_ids=ids)
+
+
+def vision_config_from_state_dict(vision: dict, head_width: int = 64, quick_gelu: bool = True,
+                                  normalize_patch_tokens: bool = False) -> dict:
+    """`VisionTowerConfig` kwargs of an open_clip `VisionTransformer` from its tensors (`conv1.weight`, ...).
+
+    The tensors fix every size but the head count (`width // head_width`, open_clip's default 64) and the
+    activation: `quick_gelu=True` for OpenAI's CLIP weights, which every released OpenFlamingo uses."""
+    width, channels, patch, _ = vision["conv1.weight"].shape
+    grid = int(round((vision["positional_embedding"].shape[0] - 1) ** 0.5))
+    layers = len({k.split(".")[2] for k in vision if k.startswith("transformer.resblocks.")})
+    ls = vision.get("transformer.resblocks.0.ls_1.gamma")
+    if "attn_pool.query" in vision:
+        raise UnmappedTensorsError("open_clip vision towers with an attentional pooler are not used by OpenFlamingo")
+    return dict(
+        image_size=grid * patch, patch_size=patch, num_channels=channels, hidden_size=width, num_hidden_layers=layers,
+        num_attention_heads=width // head_width, intermediate_size=vision["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        hidden_act="quick_gelu" if quick_gelu else "gelu", pre_norm="ln_pre.weight" in vision,
+        final_norm=normalize_patch_tokens, layer_scale_init=float(ls.flatten()[0]) if ls is not None else None,
+    )
+
+
+def merge_sources(state_dict: dict, layout: dict, language_model_state_dict: dict | None = None,
+                  vision_state_dict: dict | None = None) -> tuple[dict, dict]:
+    """One full OpenFlamingo-layout state dict: the LM's own weights (HF `*ForCausalLM` names) and the open_clip
+    tower (`visual.*` of a CLIP state dict, or the bare tower) under the checkpoint, which wins. Returns it and the
+    number of tensors taken from each source."""
+    merged, counts = {}, {}
+    if language_model_state_dict is not None:
+        layer_key = re.compile(re.escape(layout["layers_path"]) + r"\.(\d+)\.(.+)")
+        for key, tensor in language_model_state_dict.items():
+            m = layer_key.fullmatch(key)
+            merged[f"lang_encoder.{layout['layers_path']}.{m[1]}.decoder_layer.{m[2]}" if m else f"lang_encoder.{key}"] = tensor
+    if vision_state_dict is not None:
+        visual = {k.removeprefix("visual."): v for k, v in vision_state_dict.items()
+                  if k.startswith("visual.") or not any(x.startswith("visual.") for x in vision_state_dict)}
+        merged.update({f"vision_encoder.{k}": v for k, v in visual.items()})
+    counts["language_model / vision tower"] = len(set(merged) - set(state_dict))
+    counts["checkpoint"] = len(state_dict)
+    merged.update(state_dict)
+    return merged, counts
+
+
+def build_config(state_dict: dict, text_config, media_token_id: int, eoc_token_id: int, head_width: int = 64,
+                 quick_gelu: bool = True, normalize_patch_tokens: bool = False) -> FlamingoConfig:
+    """The `FlamingoConfig` of a full OpenFlamingo-layout state dict (see `merge_sources`)."""
+    layout = read_layout(state_dict, text_config)
+    vision = {k.removeprefix("vision_encoder."): v for k, v in state_dict.items() if k.startswith("vision_encoder.")}
+    if not vision:
+        raise UnmappedTensorsError("no vision_encoder.* tensors: pass the open_clip tower (vision_state_dict)")
+    perceiver_depth = len({k.split(".")[2] for k in state_dict if k.startswith("perceiver.layers.")})
+    heads_x_dim = state_dict["perceiver.layers.0.0.to_q.weight"].shape[0]
+    xattn = f"lang_encoder.{layout['layers_path']}.{layout['layer_ids'][0]}.gated_cross_attn_layer"
+    return FlamingoConfig(
+        text_config=text_config,
+        vision_config=vision_config_from_state_dict(vision, head_width, quick_gelu, normalize_patch_tokens),
+        perceiver_config=dict(num_latents=state_dict["perceiver.latents"].shape[0], num_hidden_layers=perceiver_depth,
+                              num_attention_heads=heads_x_dim // 64, head_dim=64, max_num_media=0,
+                              intermediate_size=state_dict["perceiver.layers.0.1.1.weight"].shape[0]),
+        cross_attn_every=layout["cross_attn_every"], cross_attn_placement="before",
+        cross_attn_num_heads=state_dict[f"{xattn}.attn.to_q.weight"].shape[0] // 64, cross_attn_head_dim=64,
+        cross_attn_intermediate_size=state_dict[f"{xattn}.ff.1.weight"].shape[0],
+        decoder_layers_attr_name=layout["layers_path"][len(layout["base_prefix"]) + 1:],
+        vision_feature_select_strategy="default", media_token_id=media_token_id, eoc_token_id=eoc_token_id,
+    )
+
+
+def convert_vision(conv: StateDictConverter, config: FlamingoConfig) -> list[str]:
+    """open_clip tower -> `model.vision_model`; returns the tensors OpenFlamingo's forward never reads."""
+    s, d = "vision_encoder", "model.vision_model"
+    conv.move(f"{s}.conv1.weight", f"{d}.patch_embedding.proj.weight")
+    conv.move(f"{s}.class_embedding", f"{d}.class_embedding")
+    conv.move(f"{s}.positional_embedding", f"{d}.position_embedding")
+    if config.vision_config.pre_norm:
+        move_layernorm(conv, f"{s}.ln_pre", f"{d}.pre_norm")
+    for i in range(config.vision_config.num_hidden_layers):
+        _convert_block(conv, f"{s}.transformer.resblocks.{i}", f"{d}.layers.{i}")
+    unused = [f"{s}.proj"] if conv.has(f"{s}.proj") else []  # projects the pooled class token only
+    if config.vision_config.final_norm:
+        move_layernorm(conv, f"{s}.ln_post", f"{d}.final_norm")
+    else:
+        unused += [f"{s}.ln_post.weight", f"{s}.ln_post.bias"]
+    for key in unused:
+        conv.take(key)
+    return unused
+
+
+def convert_language_model(conv: StateDictConverter, model: FlamingoForConditionalGeneration, layout: dict) -> None:
+    """The LM's tensors, named as in its own `*ForCausalLM`, plus the aliases OpenFlamingo registers."""
+    path, prefix = layout["layers_path"], layout["base_prefix"]
+    layer_key = re.compile(re.escape(path[len(prefix) + 1:]) + r"\.(\d+)\.(.+)")
+    for key in model.model.language_model.state_dict():
+        m = layer_key.fullmatch(key)
+        src = f"lang_encoder.{path}.{m[1]}.decoder_layer.{m[2]}" if m else f"lang_encoder.{prefix}.{key}"
+        conv.move(src, f"model.language_model.{key}")
+    lm_keys = {k for k in conv.source if k.startswith("lang_encoder.")}
+    head = sorted(k for k in lm_keys if not k.startswith(f"lang_encoder.{prefix}.")
+                  and not k.startswith(("lang_encoder.old_decoder_blocks.", "lang_encoder.gated_cross_attn_layers.")))
+    tied = {f"lang_encoder.{k.replace('model.language_model.', prefix + '.', 1)}"
+            for k in model.all_tied_weights_keys.values()} if model.config.tie_word_embeddings else set()
+    for key in head:  # lm_head.weight / embed_out.weight (+ bias): the LM's output head
+        name = key.rsplit(".", 1)[1]
+        if tied and name == "weight":
+            conv.alias(key, tied.pop())
+        else:
+            conv.move(key, f"lm_head.{name}")
+    for key in sorted(lm_keys):  # OpenFlamingo's second names for the same modules
+        m = re.fullmatch(r"lang_encoder\.(old_decoder_blocks|gated_cross_attn_layers)\.(\d+)\.(.+)", key)
+        if m:
+            part = "decoder_layer" if m[1] == "old_decoder_blocks" else "gated_cross_attn_layer"
+            conv.alias(key, f"lang_encoder.{path}.{m[2]}.{part}.{m[3]}")
+
+
+def convert(state_dict: dict, text_config, *, media_token_id: int, eoc_token_id: int,
+            language_model_state_dict: dict | None = None, vision_state_dict: dict | None = None,
+            vision_head_width: int = 64, quick_gelu: bool = True, normalize_patch_tokens: bool = False,
+            report: dict | None = None) -> FlamingoForConditionalGeneration:
+    """OpenFlamingo state dict (full, or a released `checkpoint.pt` completed by `language_model_state_dict` and
+    `vision_state_dict`) + the LM's config -> `FlamingoForConditionalGeneration` in eval mode.
+
+    Every tensor is accounted for exactly once (aliases are checked to be the same tensor). `report`, when given,
+    receives the tensor counts per source and the unused vision tensors.
+    """
+    layout = read_layout(state_dict, text_config)
+    source, counts = merge_sources(state_dict, layout, language_model_state_dict, vision_state_dict)
+    config = build_config(source, text_config, media_token_id, eoc_token_id, vision_head_width, quick_gelu,
+                          normalize_patch_tokens)
+    model = FlamingoForConditionalGeneration(config)
+    conv = StateDictConverter(source)
+    unused = convert_vision(conv, config)
+    conv.move("perceiver.latents", "model.perceiver.latents")
+    convert_perceiver_layers(conv, "perceiver", "model.perceiver", config.perceiver_config.num_hidden_layers)
+    for i in layout["layer_ids"]:
+        convert_gated_cross_attention(conv, f"lang_encoder.{layout['layers_path']}.{i}.gated_cross_attn_layer",
+                                      f"model.cross_attn_layers.{i}")
+    convert_language_model(conv, model, layout)
+    model = conv.finish(model)
+    model.generation_config.eos_token_id = eoc_token_id  # OpenFlamingo's generate() stops at <|endofchunk|>
+    if report is not None:
+        report.update(tensors=counts, unused_vision_tensors=unused, layers_path=layout["layers_path"],
+                      cross_attn_every_n_layers=layout["cross_attn_every"])
+    return model
+
+
+def add_special_tokens(tokenizer) -> tuple[int, int]:
+    """OpenFlamingo's tokenizer changes, in its order: `<|endofchunk|>`, `<image>`, and `<PAD>` when the LM has no
+    pad token. Returns `(media_token_id, eoc_token_id)`."""
+    tokenizer.add_special_tokens({"additional_special_tokens": [EOC_TOKEN, MEDIA_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    return tokenizer.convert_tokens_to_ids(MEDIA_TOKEN), tokenizer.convert_tokens_to_ids(EOC_TOKEN)
+
+
+def build_processor(tokenizer, image_size: int):
+    """`FlamingoProcessor`: open_clip's eval preprocessing at `image_size` (OpenAI CLIP mean/std) and the LM's
+    tokenizer with the special tokens, padding on the left for batched generation."""
+    from hf_mm.models.coca.processing_coca import CocaImageProcessor
+    from hf_mm.models.flamingo.processing_flamingo import FlamingoProcessor
+
+    if MEDIA_TOKEN not in tokenizer.get_vocab():
+        add_special_tokens(tokenizer)
+    tokenizer.padding_side = "left"
+    image_processor = CocaImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
+    return FlamingoProcessor(image_processor=image_processor, tokenizer=tokenizer, media_token=MEDIA_TOKEN)
+
+
+def open_clip_vision_cfg(config: FlamingoConfig) -> dict:
+    """open_clip `vision_cfg` that rebuilds the tower of `config` (for the reference)."""
+    v = config.vision_config
+    return dict(image_size=v.image_size, patch_size=v.patch_size, width=v.hidden_size, layers=v.num_hidden_layers,
+                head_width=v.hidden_size // v.num_attention_heads, mlp_ratio=v.intermediate_size / v.hidden_size,
+                ls_init_value=v.layer_scale_init, final_ln_after_pool=not v.final_norm)
+
+
+def build_reference(text_config, vision_cfg: dict, cross_attn_every_n_layers: int, media_token_id: int,
+                    eoc_token_id: int, quick_gelu: bool = True):
+    """open_flamingo's `Flamingo` around a fresh `AutoModelForCausalLM.from_config(text_config)` and an open_clip
+    tower (test/verification only: imports the reference libraries). `vision_cfg["final_ln_after_pool"]=True`
+    gives the token output of open_clip < 2.23 (patch tokens before `ln_post`)."""
+    import open_clip
+    from open_flamingo import Flamingo
+    from open_flamingo.src.flamingo_lm import FlamingoLMMixin
+    from open_flamingo.src.utils import extend_instance
+    from transformers import AutoModelForCausalLM
+
+    clip = open_clip.CLIP(embed_dim=16, vision_cfg=vision_cfg, quick_gelu=quick_gelu,
+                          text_cfg=dict(context_length=4, vocab_size=8, width=16, heads=1, layers=1))
+    clip.visual.output_tokens = True
+    lm = AutoModelForCausalLM.from_config(copy.deepcopy(text_config))
+    extend_instance(lm, FlamingoLMMixin)
+    layers_path, _ = find_decoder_layers(lm.base_model, text_config.num_hidden_layers)
+    lm.set_decoder_layers_attr_name(f"{lm.base_model_prefix}.{layers_path}")
+    return Flamingo(clip, lm, eoc_token_id=eoc_token_id, media_token_id=media_token_id, vis_dim=vision_cfg["width"],
+                    cross_attn_every_n_layers=cross_attn_every_n_layers)
