@@ -194,6 +194,19 @@ class FlamingoConfig(PreTrainedConfig):
             )
         if self.cross_attn_every < 1:
             raise ValueError(f"cross_attn_every must be >= 1, got {self.cross_attn_every}")
+        depth = getattr(text, "num_hidden_layers", None)
+        if depth is not None and self.cross_attn_every > depth:
+            raise ValueError(
+                f"cross_attn_every ({self.cross_attn_every}) must be <= text_config.num_hidden_layers ({depth}): "
+                "a larger interval leaves the language model with at most one cross-attention block"
+            )
+        if self.uses_builtin_text_model and (
+            text.num_attention_heads < 1 or text.num_attention_heads % text.num_key_value_heads
+        ):
+            raise ValueError(
+                f"text_config.num_attention_heads ({text.num_attention_heads}) must be a positive multiple of "
+                f"num_key_value_heads ({text.num_key_value_heads})"
+            )
         if self.cross_attn_placement not in ("after", "before"):
             raise ValueError(f"cross_attn_placement must be 'after' or 'before', got {self.cross_attn_placement!r}")
         if self.vision_feature_select_strategy not in ("full", "default"):
