@@ -23,6 +23,7 @@ from transformers.modeling_outputs import ModelOutput
 from hf_mm.layers import (
     CrossAttentionCacheMixin, LayerNorm, RotaryEmbedding, TransformerBlock, VisionTransformer, self_attention_mask,
 )
+from hf_mm.layers.validation import check_attention_mask, check_pixel_values, check_same_batch, check_token_ids
 from hf_mm.modeling_utils import HfMmPreTrainedModel
 
 from .configuration_flamingo import FlamingoConfig
@@ -167,12 +168,8 @@ class FlamingoModel(FlamingoPreTrainedModel):
 
     def _check_pixel_values(self, pixel_values):
         v = self.config.vision_config
-        expected = f"(batch, num_media, {v.num_channels}, {v.image_size}, {v.image_size}) for images or " \
-                   f"(batch, num_media, frames, {v.num_channels}, {v.image_size}, {v.image_size}) for videos"
-        if not torch.is_tensor(pixel_values) or not pixel_values.is_floating_point():
-            raise TypeError(f"pixel_values must be a float tensor of shape {expected}")
-        if pixel_values.ndim not in (5, 6) or pixel_values.shape[-3:] != (v.num_channels, v.image_size, v.image_size):
-            raise ValueError(f"pixel_values must have shape {expected}, got {tuple(pixel_values.shape)}")
+        check_pixel_values(pixel_values, num_channels=v.num_channels, image_size=v.image_size,
+                           layouts=(("batch", "num_media"), ("batch", "num_media", "frames")))
         if pixel_values.ndim == 6 and pixel_values.shape[2] > self.config.perceiver_config.max_video_frames:
             raise ValueError(
                 f"pixel_values holds videos of {pixel_values.shape[2]} frames, but "
@@ -180,12 +177,7 @@ class FlamingoModel(FlamingoPreTrainedModel):
             )
 
     def _check_input_ids(self, input_ids):
-        vocab = self.config.text_config.vocab_size
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
-            raise ValueError(
-                f"input_ids must be in [0, {vocab}) (text_config.vocab_size), got values in "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-            )
+        check_token_ids(input_ids, vocab_size=self.config.text_config.vocab_size, vocab_field="text_config.vocab_size")
 
     def _check_media_tokens(self, input_ids, num_media):
         counts = (input_ids == self.config.media_token_id).sum(dim=-1)
@@ -232,8 +224,9 @@ class FlamingoModel(FlamingoPreTrainedModel):
 
         if media_latents is None and (pixel_values is not None or image_embeds is not None):
             media_latents = self.get_media_latents(pixel_values, image_embeds)
-        if media_latents is not None and media_latents.shape[0] != b:
-            raise ValueError(f"media have batch size {media_latents.shape[0]}, input_ids has {b}")
+        text_input = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
+        check_same_batch(text_input, (given[0] if given else "media_latents", media_latents))
+        check_attention_mask(attention_mask, (b, past_len + n), layout="(batch, past + new tokens)")
         num_media = media_latents.shape[1] if media_latents is not None else self._cached_num_media(past_key_values)
         if media_time is None and num_media:
             if input_ids is None:

@@ -33,7 +33,7 @@ def model():
         (dict(input_ids=_ids(), pixel_values=_px(2, 2, 4)), "max_video_frames is 3"),
         (dict(input_ids=_ids(), pixel_values=torch.randn(2, 2, 3, 8, 8)), r"pixel_values must have shape"),
         (dict(input_ids=_ids(), pixel_values=torch.randn(2, 3, 16, 16)), r"pixel_values must have shape"),
-        (dict(input_ids=_ids() + 40, pixel_values=_px(2, 2)), r"input_ids must be in \[0, 40\)"),
+        (dict(input_ids=_ids() + 40, pixel_values=_px(2, 2)), r"input_ids must lie in \[0, 40\)"),
         (dict(input_ids=_ids(), pixel_values=_px(3, 2)), "batch size 3"),
         (dict(input_ids=_ids(positions=(0, 1, 2, 3, 4)), pixel_values=_px(2, 5)), "max_num_media is 4"),
         (dict(input_ids=_ids(), pixel_values=_px(2, 2), image_embeds=torch.zeros(2, 2, 5, 32)), "at most one"),
