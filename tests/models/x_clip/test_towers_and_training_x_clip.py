@@ -1,0 +1,116 @@
+"""x-clip features that parity cannot show: user-supplied transformers towers saved and reloaded through the
+Auto classes, LiT with a given (pretrained) tower, gradient checkpointing really recomputing layers, and the
+learned temperature."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModel, CLIPTextConfig, CLIPVisionConfig, CLIPVisionModel, ViTConfig
+
+import hf_mm  # noqa: F401  (registers the Auto classes)
+from hf_mm.models.x_clip import XClipConfig, XClipModel
+
+TEXT = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, head_dim=16,
+            max_position_embeddings=8)
+VISION = dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, head_dim=16,
+              patch_dropout=0.0)
+CLIP_TEXT = dict(model_type="clip_text_model", vocab_size=50, hidden_size=32, intermediate_size=64,
+                 num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=8)
+CLIP_VISION = CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                               image_size=16, patch_size=8)
+
+
+def batch(n=3):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 50, (n, 8), generator=g)
+    ids[0, 6:] = 0
+    return ids, torch.rand(n, 3, 16, 16, generator=g)
+
+
+@pytest.mark.parametrize("vision", [CLIP_VISION, ViTConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=1,
+                                                           num_attention_heads=2, image_size=16, patch_size=8)])
+def test_external_towers_save_and_reload_through_auto_model(tmp_path, vision):
+    """A text tower given as a dict with its model_type and a vision tower given as a config instance (of a
+    different width) survive save_pretrained -> AutoModel.from_pretrained with identical outputs."""
+    torch.manual_seed(0)
+    model = XClipModel(XClipConfig(text_config=CLIP_TEXT, vision_config=vision, projection_dim=16)).eval()
+    assert type(model.text_model).__name__ == "CLIPTextModel"
+    assert type(model.vision_model).__name__ == ("CLIPVisionModel" if vision is CLIP_VISION else "ViTModel")
+    ids, pixels = batch()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(loaded.config.text_config) is CLIPTextConfig and type(loaded.config.vision_config) is type(vision)
+    with torch.no_grad():
+        expected, got = model(ids, pixels), loaded(ids, pixels)
+    assert torch.equal(got.logits_per_image, expected.logits_per_image)
+    assert expected.image_embeds.shape == (3, 16) and expected.vision_model_output.shape[-1] == 24
+    with pytest.raises(ValueError, match="pixel_values must have shape"):
+        loaded(ids, torch.rand(3, 3, 24, 24))
+
+
+def test_lit_with_a_given_pretrained_vision_tower():
+    """LiT: load a (here random, stand-in for pretrained) CLIPVisionModel into the tower and lock it with
+    `freeze_image_encoder`: an optimiser step changes the text tower and projections, never the image tower."""
+    torch.manual_seed(0)
+    pretrained = CLIPVisionModel(CLIP_VISION)
+    model = XClipModel(XClipConfig(text_config=TEXT, vision_config=CLIP_VISION, projection_dim=16))
+    model.vision_model.load_state_dict(pretrained.state_dict())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    model.train()
+    model(*batch(), return_loss=True, freeze_image_encoder=True).loss.backward()
+    assert all(p.grad is None for p in model.vision_model.parameters())
+    assert model.visual_projection.weight.grad is not None and model.text_model.embed_tokens.weight.grad is not None
+    optimizer.step()
+    after = model.state_dict()
+    for name, value in before.items():
+        changed = not torch.equal(after[name], value)
+        assert changed == (not name.startswith("vision_model.")) or "position_ids" in name, name
+
+
+def count_layer_calls(model, **options):
+    """How often the first text block's attention runs in one forward + backward. (transformers checkpoints a
+    layer's `forward`, so a hook on the block itself fires once; its submodules run again when recomputed.)"""
+    calls = []
+    handle = model.text_model.encoder.layers[0].attn.register_forward_hook(lambda *_: calls.append(1))
+    model.train()
+    model(*batch(), return_loss=True, **options).loss.backward()
+    handle.remove()
+    return len(calls)
+
+
+def test_gradient_checkpointing_recomputes_the_layers_in_backward():
+    """With checkpointing each block runs twice (forward + recompute in backward), without it once; the
+    gradients are the same either way (compared in test_modeling_x_clip)."""
+    torch.manual_seed(0)
+    model = XClipModel(XClipConfig(text_config=TEXT, vision_config=VISION, projection_dim=16))
+    assert count_layer_calls(model) == 1
+    model.activation_checkpointing_enable()
+    assert count_layer_calls(model) == 2
+    assert count_layer_calls(model, freeze_text_encoder=True) == 1  # a frozen tower has nothing to recompute
+    model.activation_checkpointing_disable()
+    assert count_layer_calls(model) == 1
+
+
+def test_learned_temperature(tmp_path):
+    """logits = exp(logit_scale) * cosine similarity, logit_scale starts at `logit_scale_init_value`, is
+    unclamped (x-clip), trained by the loss, and saved."""
+    torch.manual_seed(0)
+    model = XClipModel(XClipConfig(text_config=TEXT, vision_config=VISION, projection_dim=16,
+                                   logit_scale_init_value=math.log(5.0)))
+    ids, pixels = batch()
+    assert model.logit_scale.logit_scale.item() == pytest.approx(math.log(5.0))
+    out = model(ids, pixels, return_loss=True)
+    torch.testing.assert_close(out.logits_per_image, 5.0 * out.image_embeds @ out.text_embeds.T)
+    torch.testing.assert_close(out.logits_per_text, out.logits_per_image.T)
+    out.loss.backward()
+    grad = model.logit_scale.logit_scale.grad.item()
+    assert grad != 0
+    with torch.no_grad():
+        model.logit_scale.logit_scale.sub_(1000.0 * grad / abs(grad))  # far outside CLIP's usual clamp
+    value = model.logit_scale.logit_scale.item()
+    scale = model(ids, pixels).logits_per_image / (model(ids, pixels).image_embeds @ model(ids, pixels).text_embeds.T)
+    torch.testing.assert_close(scale, torch.full_like(scale, math.exp(value)))
+    model.save_pretrained(tmp_path)
+    assert XClipModel.from_pretrained(tmp_path).logit_scale.logit_scale.item() == value
