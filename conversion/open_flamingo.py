@@ -237,9 +237,9 @@ def open_clip_vision_cfg(config: FlamingoConfig) -> dict:
 
 
 def build_reference(text_config, vision_cfg: dict, cross_attn_every_n_layers: int, media_token_id: int,
-                    eoc_token_id: int, quick_gelu: bool = True):
-    """open_flamingo's `Flamingo` around a fresh `AutoModelForCausalLM.from_config(text_config)` and an open_clip
-    tower (test/verification only: imports the reference libraries). `vision_cfg["final_ln_after_pool"]=True`
+                    eoc_token_id: int, quick_gelu: bool = True, language_model=None):
+    """open_flamingo's `Flamingo` around `language_model` (default: a fresh `AutoModelForCausalLM.from_config(
+    text_config)`, changed in place by open_flamingo) and an open_clip tower (test/verification only: imports the reference libraries). `vision_cfg["final_ln_after_pool"]=True`
     gives the token output of open_clip < 2.23 (patch tokens before `ln_post`)."""
     import open_clip
     from open_flamingo import Flamingo
@@ -250,7 +250,7 @@ def build_reference(text_config, vision_cfg: dict, cross_attn_every_n_layers: in
     clip = open_clip.CLIP(embed_dim=16, vision_cfg=vision_cfg, quick_gelu=quick_gelu,
                           text_cfg=dict(context_length=4, vocab_size=8, width=16, heads=1, layers=1))
     clip.visual.output_tokens = True
-    lm = AutoModelForCausalLM.from_config(copy.deepcopy(text_config))
+    lm = language_model if language_model is not None else AutoModelForCausalLM.from_config(copy.deepcopy(text_config))
     extend_instance(lm, FlamingoLMMixin)
     layers_path, _ = find_decoder_layers(lm.base_model, text_config.num_hidden_layers)
     lm.set_decoder_layers_attr_name(f"{lm.base_model_prefix}.{layers_path}")
