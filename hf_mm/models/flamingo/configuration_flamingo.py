@@ -98,7 +98,8 @@ class FlamingoConfig(PreTrainedConfig):
     The language model is either the built-in PaLM decoder (`text_config` a `FlamingoTextConfig` or a dict
     without `model_type`: lucidrains' `FlamingoPaLM`) or **any transformers causal LM** (`text_config` of its own
     `model_type`, e.g. a `LlamaConfig`; built with the Auto classes, its code is not copied: OpenFlamingo).
-    Unset fields default to lucidrains' choices for the built-in decoder and to OpenFlamingo's otherwise:
+    Unset fields (also keys missing from a `perceiver_config` / `vision_config` dict) default to lucidrains'
+    choices for the built-in decoder and to OpenFlamingo's otherwise:
 
     | field | built-in PaLM (lucidrains) | any other LM (OpenFlamingo) |
     |---|---|---|
@@ -157,11 +158,11 @@ class FlamingoConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         builtin = _is_builtin_text_config(self.text_config)
-        if not builtin:
-            if self.perceiver_config is None:
-                self.perceiver_config = dict(OPEN_FLAMINGO_PERCEIVER)
-            if self.vision_config is None:
-                self.vision_config = dict(OPEN_CLIP_VIT_L_14)
+        if not builtin:  # unset perceiver / vision fields (None, or missing from a dict) take OpenFlamingo's values
+            if self.perceiver_config is None or isinstance(self.perceiver_config, dict):
+                self.perceiver_config = {**OPEN_FLAMINGO_PERCEIVER, **(self.perceiver_config or {})}
+            if self.vision_config is None or isinstance(self.vision_config, dict):
+                self.vision_config = {**OPEN_CLIP_VIT_L_14, **(self.vision_config or {})}
         super().__post_init__(**kwargs)  # turns dict / None sub-configs into instances
         text = self.text_config
         defaults = (
