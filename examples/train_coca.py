@@ -23,8 +23,7 @@ from hf_mm.models.coca import CocaModel
 
 from .coca_common import CocaCaptionCollator, caption_processor, tiny_coca_config
 from .synthetic_shapes import caption_vocabulary
-from .training_common import apply_loss_weights, build_trainer as build_common_trainer, run_training, start, \
-    training_parser
+from .training_common import build_trainer as build_common_trainer, run_training, training_parser
 
 LOSS_WEIGHTS = ("caption_loss_weight", "contrastive_loss_weight")
 
@@ -41,11 +40,7 @@ def load_model_and_processor(args):
 
 
 def build_trainer(args) -> Trainer:
-    start(args)
-    model, processor = load_model_and_processor(args)
-    apply_loss_weights(model.config, args, LOSS_WEIGHTS)
-    return build_common_trainer(args, model, processor,
-                                CocaCaptionCollator(processor, args.image_column, args.text_column))
+    return build_common_trainer(args, load_model_and_processor, CocaCaptionCollator, LOSS_WEIGHTS)
 
 
 def main(argv=None) -> dict:

@@ -25,8 +25,7 @@ from hf_mm.models.flamingo.processing_flamingo import FlamingoProcessor
 
 from .synthetic_shapes import caption_vocabulary
 from .training_common import (
-    ImageCaptionCollator, build_trainer as build_common_trainer, run_training, start, training_parser,
-    word_tokenizer,
+    ImageCaptionCollator, build_trainer as build_common_trainer, run_training, training_parser, word_tokenizer,
 )
 
 MEDIA_TOKEN = "<image>"
@@ -83,9 +82,14 @@ def set_caption_generation_config(model, processor: FlamingoProcessor) -> None:
 
 def load_model_and_processor(args):
     if args.model:
-        return AutoModelForImageTextToText.from_pretrained(args.model), AutoProcessor.from_pretrained(args.model)
-    processor = caption_processor(caption_vocabulary(), image_size=32)
-    return tiny_flamingo(processor), processor
+        model = AutoModelForImageTextToText.from_pretrained(args.model)
+        processor = AutoProcessor.from_pretrained(args.model)
+    else:
+        processor = caption_processor(caption_vocabulary(), image_size=32)
+        model = tiny_flamingo(processor)
+    if args.freeze_pretrained:
+        model.freeze_pretrained()
+    return model, processor
 
 
 def caption_collator(processor: FlamingoProcessor, image_column: str = "image",
@@ -101,12 +105,7 @@ def caption_collator(processor: FlamingoProcessor, image_column: str = "image",
 
 
 def build_trainer(args) -> Trainer:
-    start(args)
-    model, processor = load_model_and_processor(args)
-    if args.freeze_pretrained:
-        model.freeze_pretrained()
-    return build_common_trainer(args, model, processor, caption_collator(processor, args.image_column,
-                                                                         args.text_column))
+    return build_common_trainer(args, load_model_and_processor, caption_collator)
 
 
 def main(argv=None) -> dict:

@@ -29,8 +29,7 @@ from hf_mm.models.x_clip.processing_x_clip import XClipProcessor
 
 from .synthetic_shapes import caption_vocabulary
 from .training_common import (
-    ImageCaptionCollator, apply_loss_weights, build_trainer as build_common_trainer, run_training, start,
-    training_parser, word_tokenizer,
+    ImageCaptionCollator, build_trainer as build_common_trainer, run_training, training_parser, word_tokenizer,
 )
 
 LOSS_WEIGHTS = ("text_ssl_loss_weight", "image_ssl_loss_weight", "multiview_loss_weight", "sim_reg_loss_weight")
@@ -82,11 +81,7 @@ def load_model_and_processor(args):
 
 
 def build_trainer(args) -> Trainer:
-    start(args)
-    model, processor = load_model_and_processor(args)
-    apply_loss_weights(model.config, args, LOSS_WEIGHTS)
-    return build_common_trainer(args, model, processor, ImageCaptionCollator(processor, args.image_column,
-                                                                             args.text_column))
+    return build_common_trainer(args, load_model_and_processor, ImageCaptionCollator, LOSS_WEIGHTS)
 
 
 def main(argv=None) -> dict:

@@ -4,11 +4,9 @@ data collator.
 
 A family script supplies only its model/processor builder, its collator and the names of its loss weights:
 
-    parser = training_parser(__doc__, loss_weights=("caption_loss_weight", "contrastive_loss_weight"))
-    args = parser.parse_args(argv)
-    model, processor = ...
-    apply_loss_weights(model.config, args, LOSS_WEIGHTS)
-    return run_training(args, model, processor, collator)
+    args = training_parser(__doc__, LOSS_WEIGHTS).parse_args(argv)
+    trainer = build_trainer(args, load_model_and_processor, make_collator, LOSS_WEIGHTS)
+    return run_training(args, trainer)
 
 Under torchrun every process runs the same script; `TrainingArguments` then selects gloo (CPU DDP).
 """
@@ -149,16 +147,17 @@ def training_arguments(args) -> TrainingArguments:
     )
 
 
-def build_trainer(args, model, processor, collator) -> Trainer:
+def build_trainer(args, load_model_and_processor, make_collator, loss_weights: tuple[str, ...] = ()) -> Trainer:
+    """Seed, build `(model, processor)`, apply `--<loss weight>` options, and a Trainer on the datasets with
+    `make_collator(processor, image_column, text_column)`."""
+    torch.set_num_threads(args.threads)
+    set_seed(args.seed)  # before the model is built: its random init must agree across processes
+    model, processor = load_model_and_processor(args)
+    apply_loss_weights(model.config, args, loss_weights)
     train_ds, eval_ds = load_datasets(args)
     return Trainer(model=model, args=training_arguments(args), train_dataset=train_ds, eval_dataset=eval_ds,
-                   data_collator=collator, processing_class=processor)
-
-
-def start(args) -> None:
-    """Call first: threads and seed, before the model is built (its random init must agree across processes)."""
-    torch.set_num_threads(args.threads)
-    set_seed(args.seed)
+                   data_collator=make_collator(processor, args.image_column, args.text_column),
+                   processing_class=processor)
 
 
 def run_training(args, trainer: Trainer) -> dict:

@@ -8,6 +8,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 import hf_mm  # noqa: F401
 from examples.synthetic_shapes import caption_vocabulary, make_shapes_dataset
 from examples.train_flamingo import caption_collator, caption_processor, tiny_flamingo
+from ecosystem_helpers import base_weights, train_adapters
 from hf_mm.models.flamingo import FlamingoForConditionalGeneration
 
 TARGET = r"model\.cross_attn_layers\.\d+\.attn\.(q_proj|k_proj|v_proj|o_proj)"
@@ -43,21 +44,13 @@ def test_lora_on_cross_attention_trains_only_adapters_and_round_trips(setup, tmp
     with torch.no_grad():  # LoRA starts as the identity (B = 0)
         torch.testing.assert_close(peft_model(**batch).logits, base_logits)
 
-    peft_model.train()
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
-    first = peft_model(**batch).loss
-    for _ in range(4):
-        loss = peft_model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    first, last = train_adapters(peft_model, batch)
+    assert last < first
     peft_model.eval()
     with torch.no_grad():
         tuned = peft_model(**batch)
-    assert tuned.loss < first
     assert all(p.abs().max() > 0 for n, p in peft_model.named_parameters() if "lora_B" in n)  # every adapter moved
-    base_now = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
-                for k, v in peft_model.state_dict().items() if "lora_" not in k}
+    base_now = base_weights(peft_model)
     assert set(base_now) == set(base_state)
     for name, value in base_state.items():  # the frozen base (gates included) is untouched
         assert torch.equal(base_now[name], value), name

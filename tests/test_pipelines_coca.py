@@ -10,18 +10,16 @@ from transformers import AutoModel, AutoProcessor, pipeline
 import hf_mm  # noqa: F401
 from examples.coca_common import caption_processor, tiny_coca_config
 from examples.synthetic_shapes import all_captions, caption_vocabulary, make_shapes_dataset
+from ecosystem_helpers import saved_model_dir
 from hf_mm.models.coca import CocaModel
 
 
 @pytest.fixture(scope="module")
 def coca_dir(tmp_path_factory):
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("coca")
     processor = caption_processor(caption_vocabulary(), image_size=32)
-    model = CocaModel(tiny_coca_config(processor.tokenizer, hidden_size=32, layers=1)).eval()
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    model = CocaModel(tiny_coca_config(processor.tokenizer, hidden_size=32, layers=1))
+    return saved_model_dir(tmp_path_factory.mktemp("coca"), model, processor)
 
 
 @pytest.fixture(scope="module")

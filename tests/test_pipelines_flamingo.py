@@ -7,6 +7,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 import hf_mm  # noqa: F401
 from examples.synthetic_shapes import caption_vocabulary, make_shapes_dataset
+from ecosystem_helpers import saved_model_dir
 from examples.train_flamingo import caption_processor, tiny_flamingo
 from hf_mm.models.flamingo import FlamingoForConditionalGeneration
 from hf_mm.models.flamingo.processing_flamingo import FlamingoProcessor
@@ -15,16 +16,13 @@ from hf_mm.models.flamingo.processing_flamingo import FlamingoProcessor
 @pytest.fixture(scope="module")
 def flamingo_dir(tmp_path_factory):
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("flamingo")
     processor = caption_processor(caption_vocabulary(), image_size=32)
-    model = tiny_flamingo(processor, hidden_size=32).eval()
+    model = tiny_flamingo(processor, hidden_size=32)
     with torch.no_grad():  # open the tanh gates (0 at init) so the image changes the text
         for block in model.model.cross_attn_layers.values():
             block.attn_gate.fill_(1.0)
             block.ff_gate.fill_(1.0)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return saved_model_dir(tmp_path_factory.mktemp("flamingo"), model, processor)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from transformers import AutoModelForZeroShotImageClassification, pipeline
 
 import hf_mm  # noqa: F401
 from examples.synthetic_shapes import all_captions, caption_vocabulary, make_shapes_dataset
+from ecosystem_helpers import saved_model_dir
 from examples.train_x_clip import caption_processor, tiny_x_clip_config
 from hf_mm.models.x_clip import XClipModel
 
@@ -15,12 +16,9 @@ from hf_mm.models.x_clip import XClipModel
 @pytest.fixture(scope="module")
 def x_clip_dir(tmp_path_factory):
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("x_clip")
     processor = caption_processor(caption_vocabulary(), image_size=32)
-    model = XClipModel(tiny_x_clip_config(processor.tokenizer, hidden_size=32, layers=1)).eval()
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    model = XClipModel(tiny_x_clip_config(processor.tokenizer, hidden_size=32, layers=1))
+    return saved_model_dir(tmp_path_factory.mktemp("x_clip"), model, processor)
 
 
 @pytest.fixture(scope="module")
@@ -60,4 +58,5 @@ def test_batched_images(x_clip_dir, images):
     for image, result in zip(images, batched):
         assert math.isclose(sum(r["score"] for r in result), 1.0, rel_tol=1e-5)
         single = classifier(image, candidate_labels=labels, hypothesis_template="{}")
-        assert {r["label"]: r["score"] for r in result} == pytest.approx({r["label"]: r["score"] for r in single}, abs=1e-6)
+        expected = {r["label"]: r["score"] for r in single}
+        assert {r["label"]: r["score"] for r in result} == pytest.approx(expected, abs=1e-6)

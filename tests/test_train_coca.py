@@ -8,7 +8,7 @@ from examples import train_coca
 from examples.coca_common import CocaCaptionCollator, caption_processor, tiny_coca_config
 from examples.synthetic_shapes import caption_vocabulary, make_shapes_dataset
 from hf_mm.models.coca import CocaModel
-from training_helpers import check_train_evaluate_and_resume, losses, torchrun
+from ecosystem_helpers import check_train_evaluate_and_resume, losses, torchrun
 
 COMMON = ["--train-size", "32", "--eval-size", "8", "--batch-size", "8", "--eval-steps", "2", "--logging-steps", "1"]
 

@@ -10,7 +10,7 @@ import hf_mm  # noqa: F401
 from examples import train_x_clip
 from examples.training_common import ImageCaptionCollator
 from examples.synthetic_shapes import make_shapes_dataset
-from training_helpers import check_train_evaluate_and_resume, losses, torchrun
+from ecosystem_helpers import check_train_evaluate_and_resume, losses, torchrun
 
 COMMON = ["--train-size", "32", "--eval-size", "8", "--batch-size", "8", "--eval-steps", "2", "--logging-steps", "1"]
 

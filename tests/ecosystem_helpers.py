@@ -1,5 +1,6 @@
-"""What the tests of the Trainer examples (tests/test_train_*.py) share: logged losses, a resume check, and a
-real 2-process torchrun (gloo, CPU) launch of an example module."""
+"""What the ecosystem tests share (tests/test_train_*, test_pipelines_*, test_peft_*): logged losses, a resume
+check, a real 2-process torchrun (gloo, CPU) launch of an example module, a saved model folder for pipelines,
+and a few LoRA training steps."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN_TIMEOUT_S = 300
@@ -60,3 +62,31 @@ def torchrun(module: str, args: list[str], output_dir: Path, nproc: int = 2) -> 
 def _tail(log: str, lines: int = 80) -> str:
     kept = [line for line in log.splitlines() if "it/s]" not in line and "s/it]" not in line]
     return "\n".join(kept[-lines:])
+
+
+def saved_model_dir(path: Path, model, processor) -> Path:
+    """`model` (in eval mode) and `processor` saved together in `path`, as a pipeline loads them."""
+    model.eval().save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def train_adapters(peft_model, batch: dict, steps: int = 4, lr: float = 1e-2) -> tuple[float, float]:
+    """`steps` AdamW steps on the trainable (adapter) parameters; returns the loss before and after."""
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr)
+    peft_model.train()
+    with torch.no_grad():
+        first = peft_model(**batch).loss.item()
+    for _ in range(steps):
+        peft_model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.no_grad():
+        last = peft_model(**batch).loss.item()
+    return first, last
+
+
+def base_weights(peft_model) -> dict:
+    """The wrapped model's own state dict (names as before wrapping), adapters left out."""
+    return {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+            for k, v in peft_model.state_dict().items() if "lora_" not in k}
