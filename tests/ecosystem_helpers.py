@@ -25,7 +25,8 @@ def losses(log_history) -> dict[int, float]:
 
 def check_train_evaluate_and_resume(main, tmp_path: Path, common: list[str]) -> dict:
     """2 steps, then resume to 4 steps: finite eval loss, checkpoints, `final/`, and the same logged losses as 4
-    steps in one go (the resumed run restores model, optimiser, scheduler, RNG and data order)."""
+    steps in one go (the resumed run restores model, optimiser, scheduler, RNG and data order); then 1 step of
+    fine-tuning from `final/` with `--model`."""
     out = str(tmp_path / "run")
     first = main(["--output-dir", out, "--max-steps", "2", "--save-steps", "2", *common])
     assert math.isfinite(first["eval_loss"]) and (tmp_path / "run" / "checkpoint-2").is_dir()
@@ -36,6 +37,10 @@ def check_train_evaluate_and_resume(main, tmp_path: Path, common: list[str]) -> 
     straight = main(["--output-dir", str(tmp_path / "straight"), "--max-steps", "4", "--save-steps", "4", *common])
     assert losses(resumed["log_history"]) == pytest.approx(losses(straight["log_history"]), rel=1e-4)
     assert resumed["eval_loss"] == pytest.approx(straight["eval_loss"], rel=1e-4)
+    # fine-tuning starts from the saved folder (model + processor through the Auto classes)
+    tuned = main(["--output-dir", str(tmp_path / "tuned"), "--model", str(tmp_path / "run" / "final"),
+                  "--max-steps", "1", "--save-steps", "1", *common])
+    assert math.isfinite(tuned["eval_loss"]) and (tmp_path / "tuned" / "final" / "config.json").is_file()
     with pytest.raises(ValueError, match="--resume: no checkpoint"):
         main(["--output-dir", str(tmp_path / "empty"), "--max-steps", "1", "--resume", *common])
     return resumed
