@@ -222,7 +222,7 @@ def build_processor(tokenizer, image_size: int):
 
     if MEDIA_TOKEN not in tokenizer.get_vocab():
         add_special_tokens(tokenizer)
-    tokenizer.padding_side = "left"
+    tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"  # init_kwargs: kept by save_pretrained
     image_processor = CocaImageProcessor(size={"shortest_edge": image_size},
                                          crop_size={"height": image_size, "width": image_size})
     return FlamingoProcessor(image_processor=image_processor, tokenizer=tokenizer, media_token=MEDIA_TOKEN)
@@ -256,3 +256,132 @@ def build_reference(text_config, vision_cfg: dict, cross_attn_every_n_layers: in
     lm.set_decoder_layers_attr_name(f"{lm.base_model_prefix}.{layers_path}")
     return Flamingo(clip, lm, eoc_token_id=eoc_token_id, media_token_id=media_token_id, vis_dim=vision_cfg["width"],
                     cross_attn_every_n_layers=cross_attn_every_n_layers)
+
+
+@torch.no_grad()
+def verify(model: FlamingoForConditionalGeneration, source: dict, quick_gelu: bool = True, seed: int = 0) -> dict:
+    """Max abs logit difference against open_flamingo's `Flamingo` loaded with the same tensors (OpenFlamingo
+    layout `source`, see `merge_sources`), on a random one-shot prompt with left padding (fp32)."""
+    cfg = model.config
+    ref = build_reference(cfg.text_config, open_clip_vision_cfg(cfg), cfg.cross_attn_every, cfg.media_token_id,
+                          cfg.eoc_token_id, quick_gelu=quick_gelu).eval()
+    missing, unexpected = ref.load_state_dict(source, strict=False)
+    missing = [k for k in missing if not k.startswith(("lang_encoder.old_decoder_blocks.",
+                                                       "lang_encoder.gated_cross_attn_layers."))]
+    if missing or unexpected:
+        raise UnmappedTensorsError(f"reference rebuild: missing {missing}, unexpected {unexpected}")
+    g = torch.Generator().manual_seed(seed)
+    special = {cfg.media_token_id, cfg.eoc_token_id}
+    ids = torch.randint(0, min(cfg.text_config.vocab_size, 1000), (2, 12), generator=g)
+    ids[torch.isin(ids, torch.tensor(sorted(special)))] = 0
+    ids[:, [0, 6]], ids[:, 5] = cfg.media_token_id, cfg.eoc_token_id
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    size = cfg.vision_config.image_size
+    px = torch.randn(2, 2, 1, 3, size, size, generator=g)
+    return {"logits": max_abs_diff(ref(px, ids, attention_mask=mask).logits,
+                                   model(input_ids=ids, pixel_values=px, attention_mask=mask).logits)}
+
+
+def convert_checkpoint(checkpoint, language_model, *, vision_checkpoint=None, tokenizer=None, vision_head_width: int = 64,
+                       quick_gelu: bool = True, normalize_patch_tokens: bool = False, media_token_id: int | None = None,
+                       eoc_token_id: int | None = None, verify_reference: bool = True):
+    """CLI-friendly conversion from files. Returns `(model, processor or None, report)`.
+
+    checkpoint: OpenFlamingo `checkpoint.pt` (torch.load with weights_only=True) or .safetensors.
+    language_model: local folder of the LM (`config.json`, and its weights when the checkpoint holds only the
+        trained tensors), or its config (`PreTrainedConfig` / dict with `model_type`) for a full checkpoint.
+    vision_checkpoint: open_clip CLIP (or bare visual) weights, when the checkpoint has no `vision_encoder.*`.
+    tokenizer: the LM's tokenizer (folder or object; default: the `language_model` folder when it has one);
+        OpenFlamingo's special tokens are added. Without it pass `media_token_id` and `eoc_token_id`.
+    verify_reference: compare with open_flamingo when it is importable (`report["parity"]`, else None).
+    """
+    from pathlib import Path
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig
+
+    from .common import load_checkpoint
+
+    state_dict = load_checkpoint(checkpoint)
+    lm_state = None
+    if isinstance(language_model, PreTrainedConfig):
+        text_config = language_model
+    elif isinstance(language_model, dict):
+        text_config = AutoConfig.for_model(**language_model)
+    else:
+        folder = Path(language_model)
+        text_config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        if any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")):
+            lm_state = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32).state_dict()
+        if tokenizer is None and (folder / "tokenizer_config.json").exists():
+            tokenizer = folder
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+    if tokenizer is not None:
+        media_id, eoc_id = add_special_tokens(tokenizer)
+        for name, given, found in (("media_token_id", media_token_id, media_id), ("eoc_token_id", eoc_token_id, eoc_id)):
+            if given is not None and given != found:
+                raise ValueError(f"{name}={given} but the tokenizer gives {found}")
+        media_token_id, eoc_token_id = media_id, eoc_id
+    if media_token_id is None or eoc_token_id is None:
+        raise ValueError("pass a tokenizer, or media_token_id and eoc_token_id (ids of <image> and <|endofchunk|>)")
+    vision_state = load_checkpoint(vision_checkpoint) if vision_checkpoint is not None else None
+    report = {}
+    model = convert(state_dict, text_config, media_token_id=media_token_id, eoc_token_id=eoc_token_id,
+                    language_model_state_dict=lm_state, vision_state_dict=vision_state,
+                    vision_head_width=vision_head_width, quick_gelu=quick_gelu,
+                    normalize_patch_tokens=normalize_patch_tokens, report=report)
+    processor = build_processor(tokenizer, model.config.vision_config.image_size) if tokenizer is not None else None
+    if processor is not None and len(tokenizer) > model.config.text_config.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, the checkpoint's embeddings "
+                         f"{model.config.text_config.vocab_size} rows")
+    report["parity"] = None
+    if verify_reference:
+        try:
+            import open_flamingo  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            layout = read_layout(state_dict, text_config)
+            source, _ = merge_sources(state_dict, layout, lm_state, vision_state)
+            report["parity"] = verify(model, source, quick_gelu)
+    return model, processor, report
+
+
+def add_arguments(parser) -> None:
+    """Options of `python -m conversion open_flamingo` (the common ones: --checkpoint, --output-dir, --tokenizer...)."""
+    parser.add_argument("--language-model", required=True,
+                        help="local folder of the LM (config.json, + weights for a released checkpoint.pt), "
+                             "or a JSON config with model_type")
+    parser.add_argument("--vision-checkpoint", help="open_clip CLIP weights (e.g. ViT-L-14 'openai'), when the "
+                                                     "checkpoint has no vision_encoder.* tensors")
+    parser.add_argument("--vision-head-width", type=int, default=64, help="open_clip head_width (default 64)")
+    parser.add_argument("--no-quick-gelu", action="store_true", help="the CLIP tower uses GELU (not OpenAI weights)")
+    parser.add_argument("--normalize-patch-tokens", action="store_true",
+                        help="layer-norm the patch tokens (open_clip >= 2.23); OpenFlamingo was trained without")
+
+
+def run(args, progress):
+    """`python -m conversion open_flamingo ...` -> `conversion.common.Conversion`."""
+    from .common import Conversion, library_version, read_json_argument
+
+    lm = args.language_model
+    if lm.lstrip().startswith("{") or lm.endswith(".json"):
+        lm = read_json_argument(lm, "--language-model")
+    with progress.tensors():
+        model, processor, report = convert_checkpoint(
+            args.checkpoint, lm, vision_checkpoint=args.vision_checkpoint, tokenizer=args.tokenizer,
+            vision_head_width=args.vision_head_width, quick_gelu=not args.no_quick_gelu,
+            normalize_patch_tokens=args.normalize_patch_tokens,
+        )
+    cfg = model.config
+    notes = [f"Tensors per source: {report['tensors']}.",
+             f"Unused by OpenFlamingo's forward (dropped): {report['unused_vision_tensors']}.",
+             "Patch tokens are layer-normed" if cfg.vision_config.final_norm else
+             "Patch tokens are not layer-normed (open_clip < 2.23, as OpenFlamingo was trained)."]
+    return Conversion(
+        model=model, family="open_flamingo", source=f"open-flamingo {library_version('open-flamingo')}",
+        checkpoint=args.checkpoint, parity=report["parity"], processor=processor, notes=notes,
+        card_fields=dict(language_model=cfg.text_config.model_type, cross_attn_every_n_layers=cfg.cross_attn_every,
+                         media_token_id=cfg.media_token_id, eoc_token_id=cfg.eoc_token_id),
+    )

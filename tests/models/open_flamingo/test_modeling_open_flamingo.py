@@ -59,7 +59,7 @@ def test_open_flamingo_defaults_and_layer_discovery(model):
 def test_language_model_is_untouched(model):
     """Same weights in a plain `*ForCausalLM`: equal logits for text-only input and with closed gates."""
     lm = AutoModelForCausalLM.from_config(model.config.text_config).eval()
-    missing, unexpected = lm.base_model.load_state_dict(model.model.language_model.state_dict(), strict=True), None
+    lm.base_model.load_state_dict(model.model.language_model.state_dict(), strict=True)
     lm.get_output_embeddings().load_state_dict(model.lm_head.state_dict())
     ids = few_shot_prompt()
     text = ids.clone()

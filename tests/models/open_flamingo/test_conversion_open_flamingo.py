@@ -1,0 +1,56 @@
+"""`convert_checkpoint`: files in (checkpoint.pt, LM folder with an offline tokenizer) -> model + processor out."""
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedTokenizerFast
+
+import hf_mm  # noqa: F401
+from conversion.open_flamingo import convert_checkpoint
+
+from open_flamingo_helpers import CONFIGS, EOC, MEDIA, lm_config, pair
+
+NAME = "llama-every1-quickgelu"
+
+
+def _tokenizer():
+    """A word-level LM tokenizer of 98 tokens (no `<image>` / `<|endofchunk|>` yet), built offline."""
+    words = ["[PAD]", "[BOS]", "[EOS]"] + [f"w{i}" for i in range(3, 98)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[PAD]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]")
+
+
+def _image(seed, size=(40, 30)):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8))
+
+
+def test_files_to_model_and_processor(tmp_path):
+    ref, _ = pair(NAME)
+    torch.save(ref.state_dict(), tmp_path / "checkpoint.pt")
+    lm_dir = tmp_path / "lm"
+    lm_config(CONFIGS[NAME][0], CONFIGS[NAME][1]).save_pretrained(lm_dir)  # config only: the checkpoint is full
+    _tokenizer().save_pretrained(lm_dir)
+    model, processor, report = convert_checkpoint(tmp_path / "checkpoint.pt", lm_dir, vision_head_width=24)
+    assert report["parity"]["logits"] <= 1e-4
+    assert (model.config.media_token_id, model.config.eoc_token_id) == (MEDIA, EOC)  # OpenFlamingo's order
+    assert model.generation_config.eos_token_id == EOC
+
+    out_dir = tmp_path / "converted"
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    model = AutoModelForImageTextToText.from_pretrained(out_dir).eval()
+    processor = AutoProcessor.from_pretrained(out_dir)
+    prompts = ["<image>w5 w6<|endofchunk|><image>w7", "<image>w8<|endofchunk|><image>w9 w10 w11"]
+    inputs = processor(text=prompts, images=[[_image(0), _image(1)], [_image(2), _image(3)]])
+    assert inputs["pixel_values"].shape == (2, 2, 3, 32, 32)
+    assert inputs["input_ids"][0].tolist() == [0, MEDIA, 5, 6, EOC, MEDIA, 7]  # left padding
+    generated = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                               suppress_tokens=[MEDIA])
+    with torch.no_grad():
+        expected = ref.generate(inputs["pixel_values"][:, :, None], inputs["input_ids"],
+                                attention_mask=inputs["attention_mask"], max_new_tokens=4, min_new_tokens=4,
+                                suppress_tokens=[MEDIA], pad_token_id=0)
+    assert torch.equal(generated, expected)
+    assert processor.batch_decode(generated[:, 7:])[0].count("w") == 4
