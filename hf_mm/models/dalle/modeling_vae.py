@@ -82,7 +82,9 @@ class DiscreteVAEModel(DiscreteVAEPreTrainedModel):
         check_pixel_values(pixel_values, name, num_channels=self.config.channels, image_size=self.config.image_size)
 
     def normalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`(b, c, H, W)`: `(x - mean) / std` per channel, or unchanged when `normalization` is None."""
+        """`(b, c, H, W)`: `(x - mean) / std` per channel (in the model's dtype), or only cast when `normalization`
+        is None."""
+        pixel_values = pixel_values.to(self.codebook.weight.dtype)
         if self.config.normalization is None:
             return pixel_values
         means, stds = (torch.as_tensor(t).to(pixel_values)[None, :, None, None] for t in self.config.normalization)
