@@ -93,24 +93,32 @@ def test_gradient_checkpointing_recomputes_the_layers_in_backward():
     assert count_layer_calls(model) == 1
 
 
-def test_learned_temperature(tmp_path):
-    """logits = exp(logit_scale) * cosine similarity, logit_scale starts at `logit_scale_init_value`, is
-    unclamped (x-clip), trained by the loss, and saved."""
+@pytest.mark.parametrize("logit_scale_max", [None, 100.0])
+def test_learned_temperature(tmp_path, logit_scale_max):
+    """logits = scale * cosine similarity with scale = exp(logit_scale), clamped at `logit_scale_max` (None:
+    x-clip's unclamped temperature); logit_scale starts at `logit_scale_init_value`, is trained by the loss
+    (one SGD step moves it by -lr * grad), and is saved."""
     torch.manual_seed(0)
     model = XClipModel(XClipConfig(text_config=TEXT, vision_config=VISION, projection_dim=16,
-                                   logit_scale_init_value=math.log(5.0)))
+                                   logit_scale_init_value=math.log(5.0), logit_scale_max=logit_scale_max))
     ids, pixels = batch()
-    assert model.logit_scale.logit_scale.item() == pytest.approx(math.log(5.0))
+    param = model.logit_scale.logit_scale
+    assert param.item() == pytest.approx(math.log(5.0))
     out = model(ids, pixels, return_loss=True)
     torch.testing.assert_close(out.logits_per_image, 5.0 * out.image_embeds @ out.text_embeds.T)
     torch.testing.assert_close(out.logits_per_text, out.logits_per_image.T)
     out.loss.backward()
-    grad = model.logit_scale.logit_scale.grad.item()
+    grad, before = param.grad.item(), param.item()
     assert grad != 0
+    torch.optim.SGD([param], lr=0.5).step()
+    assert param.item() == pytest.approx(before - 0.5 * grad)
+
     with torch.no_grad():
-        model.logit_scale.logit_scale.sub_(1000.0 * grad / abs(grad))  # far outside CLIP's usual clamp
-    value = model.logit_scale.logit_scale.item()
-    scale = model(ids, pixels).logits_per_image / (model(ids, pixels).image_embeds @ model(ids, pixels).text_embeds.T)
-    torch.testing.assert_close(scale, torch.full_like(scale, math.exp(value)))
+        param.fill_(math.log(500.0))  # beyond CLIP's usual clamp of 100
+    out = model(ids, pixels)
+    expected = 500.0 if logit_scale_max is None else logit_scale_max
+    torch.testing.assert_close(out.logits_per_image, expected * out.image_embeds @ out.text_embeds.T)
     model.save_pretrained(tmp_path)
-    assert XClipModel.from_pretrained(tmp_path).logit_scale.logit_scale.item() == value
+    reloaded = XClipModel.from_pretrained(tmp_path)
+    assert reloaded.logit_scale.logit_scale.item() == param.item()
+    assert reloaded.config.logit_scale_max == logit_scale_max
