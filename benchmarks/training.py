@@ -83,48 +83,42 @@ def inputs(cfg: dict, image_size: int, vocab: int):
 
 
 # -- one training step per side ---------------------------------------------------------------------
+def training_step(module, loss_of):
+    """`step(keep_grads=False)`: forward + backward of `loss_of()`, then free the gradients (unless kept)."""
+
+    def step(keep_grads: bool = False) -> torch.Tensor:
+        loss = loss_of()
+        loss.backward()
+        if not keep_grads:
+            module.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
 def open_clip_step(ref, images, text):
     loss_fn = require_reference("open_clip.loss").CoCaLoss(
         caption_loss_weight=OPEN_CLIP_LOSS_WEIGHTS["caption_loss_weight"],
         clip_loss_weight=OPEN_CLIP_LOSS_WEIGHTS["contrastive_loss_weight"], pad_id=0)
 
-    def step(keep_grads=False):
+    def loss_of():
         out = ref(images, text)
         clip_loss, caption_loss = loss_fn(out["image_features"], out["text_features"], out["logits"], out["labels"],
                                           out["logit_scale"])
-        loss = clip_loss + caption_loss
-        loss.backward()
-        if not keep_grads:
-            ref.zero_grad(set_to_none=True)
-        return loss.detach()
+        return clip_loss + caption_loss
 
-    return step
+    return training_step(ref, loss_of)
 
 
 def coca_pytorch_step(ref, images, text):
     labels = torch.cat((text[:, 1:], torch.zeros_like(text[:, :1])), dim=1)  # pad (= ignore) after the last token
-
-    def step(keep_grads=False):
-        loss = ref(text, images=images, labels=labels, return_loss=True)
-        loss.backward()
-        if not keep_grads:
-            ref.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return step
+    return training_step(ref, lambda: ref(text, images=images, labels=labels, return_loss=True))
 
 
 def hf_mm_step(model, images, text):
     mask = (text != 0).long()
-
-    def step(keep_grads=False):
-        loss = model(input_ids=text, pixel_values=images, attention_mask=mask, return_loss=True).loss
-        loss.backward()
-        if not keep_grads:
-            model.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return step
+    return training_step(
+        model, lambda: model(input_ids=text, pixel_values=images, attention_mask=mask, return_loss=True).loss)
 
 
 # gradients compared after one step: (reference parameter, hf_mm parameter, transform of the reference's)
