@@ -6,6 +6,7 @@
   instead, and a truncated or corrupt safetensors file raises `CheckpointCorruptError` naming the file.
   Tied weights and non-persistent buffers are never reported (transformers rebuilds them). `strict=False`
   restores transformers' lenient behaviour, for deliberate partial loads.
+- save -> load -> save writes byte-identical files (sub-configs record their dtype on the first save too).
 - Generation arguments are validated (`max_new_tokens`, `num_beams`, `top_p`, `temperature`, ...) before
   `generate()` runs, with errors naming the argument and the expected range.
 """
@@ -13,7 +14,7 @@
 from __future__ import annotations
 
 from safetensors import SafetensorError
-from transformers import PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 
 from .layers.validation import check_generation_config
 
@@ -74,6 +75,14 @@ class HfMmPreTrainedModel(PreTrainedModel):
                 + ". Pass strict=False to load it anyway (missing and mis-shaped weights are then random)."
             )
         return (model, info) if want_info else model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' `save_pretrained`; sub-configs also record the dtype (from_pretrained sets it on them, so
+        without this a save -> load -> save round trip would not write an identical config.json)."""
+        for value in vars(self.config).values():
+            if isinstance(value, PreTrainedConfig) and getattr(value, "dtype", None) is None:
+                value.dtype = self.dtype
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _prepare_generation_config(self, generation_config, **kwargs):
         generation_config, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
