@@ -86,7 +86,7 @@ def test_cached_generate_equals_uncached_few_shot_left_padded(model, num_beams):
             logits = model(input_ids=seq, attention_mask=m, pixel_values=_px(), use_cache=False,
                            position_ids=(m.cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
             logits[:, MEDIA] = -float("inf")
-            seq, m = torch.cat((seq, logits.argmax(-1, keepdim=True)), 1), torch.cat((m, m[:, :1]), 1)
+            seq, m = torch.cat((seq, logits.argmax(-1, keepdim=True)), 1), torch.cat((m, torch.ones_like(m[:, :1])), 1)
         assert torch.equal(cached, seq)
 
 
