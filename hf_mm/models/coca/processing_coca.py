@@ -2,19 +2,20 @@
 
 `CocaImageProcessor` reproduces open_clip's eval transform (`Resize(size, bicubic)` on the shortest side,
 `CenterCrop(size)`, `ToTensor`, `Normalize(CLIP mean/std)`) with torchvision's rounding rules on PIL.
-`clip_tokenizer_from_bpe` builds transformers' `CLIPTokenizer` from an OpenAI CLIP BPE merges file (the one
-open_clip ships) with open_clip's conventions: `<start_of_text> text <end_of_text>`, padded with id 0.
+`CocaProcessor.from_open_clip` pairs it with the CLIP BPE tokenizer of `hf_mm.clip_bpe` under open_clip's
+conventions: `<start_of_text> text <end_of_text>`, padded with id 0.
 """
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from transformers import CLIPImageProcessorPil, CLIPTokenizer, ProcessorMixin
+from transformers import CLIPImageProcessorPil, ProcessorMixin
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from ...clip_bpe import OPEN_CLIP_SPECIAL_TOKENS, clip_tokenizer_from_bpe
 
 
 class CocaImageProcessor(CLIPImageProcessorPil):
@@ -47,41 +48,6 @@ class CocaImageProcessor(CLIPImageProcessorPil):
             _, h, w = image.shape
         top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
         return image[:, top:top + th, left:left + tw]
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte -> printable character table (the BPE alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, extra = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def bpe_vocab_and_merges(bpe_path: str | Path, num_merges: int = 49152 - 256 - 2) -> tuple[dict, list]:
-    """The vocabulary and merges open_clip's `SimpleTokenizer` derives from its gzipped BPE file."""
-    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")[1:num_merges + 1]
-    merges = [tuple(line.split()) for line in lines]
-    byte_chars = list(bytes_to_unicode().values())
-    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
-    tokens += ["<start_of_text>", "<end_of_text>"]
-    return {tok: i for i, tok in enumerate(tokens)}, merges
-
-
-def clip_tokenizer_from_bpe(bpe_path: str | Path, context_length: int = 76) -> CLIPTokenizer:
-    """`CLIPTokenizer` with open_clip's ids: SOT 49406, EOT 49407, `context_length` tokens.
-
-    Padding positions are rewritten to open_clip's id 0 by `CocaProcessor(text_pad_id=0)` (id 0 is also the
-    "!" token, so it cannot be the tokenizer's own pad token).
-    """
-    vocab, merges = bpe_vocab_and_merges(bpe_path)
-    return CLIPTokenizer(
-        vocab=vocab, merges=merges, bos_token="<start_of_text>", eos_token="<end_of_text>",
-        unk_token="<end_of_text>", pad_token="<end_of_text>", model_max_length=context_length,
-    )
 
 
 class CocaProcessor(ProcessorMixin):
@@ -118,7 +84,8 @@ class CocaProcessor(ProcessorMixin):
             size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
             image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD,
         )
-        return cls(image_processor, clip_tokenizer_from_bpe(bpe_path, context_length), text_pad_id=0)
+        tokenizer = clip_tokenizer_from_bpe(bpe_path, context_length, OPEN_CLIP_SPECIAL_TOKENS)
+        return cls(image_processor, tokenizer, text_pad_id=0)
 
 
-__all__ = ["CocaImageProcessor", "CocaProcessor", "bpe_vocab_and_merges", "clip_tokenizer_from_bpe"]
+__all__ = ["CocaImageProcessor", "CocaProcessor"]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPImageProcessorPil, CLIPTokenizer
+from transformers import CLIPImageProcessorPil
 
 import hf_mm  # noqa: F401  (registers the Auto classes)
-from hf_mm.models.coca.processing_coca import bytes_to_unicode
+from hf_mm.clip_bpe import CLIP_BPE_VOCAB_SIZE, OPENAI_CLIP_SPECIAL_TOKENS, clip_tokenizer_from_bpe
 from hf_mm.models.x_clip import XClipConfig, XClipModel
 from hf_mm.models.x_clip.processing_x_clip import XClipProcessor
 from reference_imports import require_reference
@@ -28,30 +28,38 @@ def x_clip_tokenizer():
 
 
 @pytest.fixture(scope="module")
-def processor(x_clip_tokenizer):
-    """CLIP BPE from x-clip's own vocabulary file (as its SimpleTokenizer reads it), 16 px images, pad id 0."""
-    lines = Path(require_reference("x_clip.tokenizer").default_bpe()).read_text(encoding="utf8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1]]
-    chars = list(bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    tokenizer = CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, bos_token="<|startoftext|>",
-                              eos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<|endoftext|>",
-                              model_max_length=12)
+def processor():
+    """CLIP BPE from x-clip's own vocabulary file, 16 px images, pad id 0, the tokenizer's start/end tokens."""
+    bpe = require_reference("x_clip.tokenizer").default_bpe()
+    tokenizer = clip_tokenizer_from_bpe(bpe, 12, OPENAI_CLIP_SPECIAL_TOKENS)
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
     return XClipProcessor(image_processor, tokenizer, text_pad_id=0)
+
+
+@pytest.fixture(scope="module")
+def x_clip_ids_processor(processor):
+    """The same, with x-clip's ids by default: no start/end tokens (what the converter writes)."""
+    return XClipProcessor(processor.image_processor, processor.tokenizer, text_pad_id=0, add_special_tokens=False)
 
 
 def image(seed, shape=(30, 21, 3)):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))
 
 
-def test_token_ids_equal_x_clip_tokenize(processor, x_clip_tokenizer):
-    """x-clip encodes without start/end tokens and pads with 0; the processor reproduces it exactly."""
-    ours = processor(text=TEXTS, add_special_tokens=False, return_tensors="pt")
+def test_token_ids_equal_x_clip_tokenize(processor, x_clip_ids_processor, x_clip_tokenizer):
+    """x-clip encodes without start/end tokens and pads with 0; `add_special_tokens=False` (the processor's default
+    or the call's argument) reproduces it exactly, over the same 49408-token vocabulary."""
+    tokenizer = processor.tokenizer
+    assert len(tokenizer) == CLIP_BPE_VOCAB_SIZE == x_clip_tokenizer.vocab_size
+    assert tokenizer.get_vocab() == x_clip_tokenizer.encoder
+    ours = x_clip_ids_processor(text=TEXTS, return_tensors="pt")
     expected = x_clip_tokenizer.tokenize(TEXTS, context_length=12)
     assert torch.equal(ours["input_ids"], expected)
     assert torch.equal(ours["attention_mask"].bool(), expected != 0)  # none of these texts contains "!" mid-row
     assert set(ours) == {"input_ids", "attention_mask"}  # no token_type_ids
+    assert torch.equal(processor(text=TEXTS, add_special_tokens=False, return_tensors="pt")["input_ids"], expected)
+    with_special = x_clip_ids_processor(text=TEXTS, add_special_tokens=True, return_tensors="pt")["input_ids"]
+    assert (with_special[:, 0] == tokenizer.bos_token_id).all()  # the call's argument wins over the default
 
 
 def test_padding_truncation_and_images(processor):
@@ -92,9 +100,12 @@ def test_bad_input(processor):
         processor(text=3)
     with pytest.raises(ValueError, match="text_pad_id must be a non-negative int"):
         XClipProcessor(processor.image_processor, processor.tokenizer, text_pad_id=-1)
+    with pytest.raises(ValueError, match="add_special_tokens must be True, False or None, got 'no'"):
+        XClipProcessor(processor.image_processor, processor.tokenizer, add_special_tokens="no")
 
 
-def test_round_trips_through_auto_processor_in_a_fresh_process(processor, tmp_path):
+def test_round_trips_through_auto_processor_in_a_fresh_process(x_clip_ids_processor, tmp_path):
+    processor = x_clip_ids_processor
     XClipConfig(text_config=dict(vocab_size=len(processor.tokenizer), max_position_embeddings=12),
                 vision_config=dict(image_size=16, patch_size=8)).save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
@@ -106,7 +117,8 @@ def test_round_trips_through_auto_processor_in_a_fresh_process(processor, tmp_pa
         from PIL import Image
         from transformers import AutoProcessor
         processor = AutoProcessor.from_pretrained({str(tmp_path)!r})
-        assert type(processor).__name__ == "XClipProcessor" and processor.text_pad_id == 0, processor
+        assert type(processor).__name__ == "XClipProcessor", processor
+        assert processor.text_pad_id == 0 and processor.add_special_tokens is False, processor
         out = processor(images=Image.open({str(tmp_path / 'image.png')!r}), text={texts!r}, return_tensors="pt")
         torch.save(dict(out), {str(tmp_path / 'processed.pt')!r})
     """)
