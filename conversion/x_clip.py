@@ -3,6 +3,9 @@
     python -m conversion x_clip --reference-kwargs clip_kwargs.json --checkpoint clip.pt --output-dir out/ \
         [--tokenizer tok/] [--push-to-hub user/repo [--private]]
 
+Without `--tokenizer`, a model whose vocabulary holds x-clip's own CLIP BPE (49408 tokens) gets a processor that
+reproduces x-clip's `tokenizer.tokenize`; a smaller vocabulary gets no processor files.
+
 `--reference-kwargs` (a JSON file or inline JSON) holds the keyword arguments the checkpoint's `x_clip.CLIP`
 was built with (x-clip publishes no configs). Every tensor
 of the source state dict is consumed: mapped, verified as an alias of the module it duplicates (x-clip
@@ -17,8 +20,10 @@ import re
 
 import torch
 
+from hf_mm.clip_bpe import CLIP_BPE_VOCAB_SIZE, OPENAI_CLIP_SPECIAL_TOKENS, clip_tokenizer_from_bpe
 from hf_mm.layers.rotary import RotaryEmbedding
 from hf_mm.models.x_clip import XClipConfig, XClipModel
+from hf_mm.models.x_clip.processing_x_clip import XClipProcessor
 
 from .common import (
     Conversion, StateDictConverter, convert_from_reference, library_version, load_tokenizer, max_abs_diff,
@@ -217,6 +222,17 @@ def parity_report(reference_model, model: XClipModel, batch: int = 2, seed: int 
     return report
 
 
+def x_clip_processor(config: XClipConfig) -> XClipProcessor:
+    """A processor giving the ids of x-clip's own `tokenizer.tokenize` (its CLIP BPE file, no start/end tokens,
+    padded with 0), truncated to the model's `text_seq_len`, and square images of the model's size."""
+    from x_clip.tokenizer import default_bpe  # reference library: conversion-time dependency only
+
+    tokenizer = clip_tokenizer_from_bpe(default_bpe(), config.text_config.max_position_embeddings,
+                                        OPENAI_CLIP_SPECIAL_TOKENS)
+    return XClipProcessor(square_image_processor(config.vision_config.image_size), tokenizer, text_pad_id=0,
+                          add_special_tokens=False)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference-kwargs", "--reference-config", dest="reference_kwargs", required=True,
                         help="JSON (file or inline) of x_clip.CLIP keyword arguments")
@@ -231,14 +247,19 @@ def run(args, progress) -> Conversion:
                                               parity_report)
     cfg, processor, notes = model.config, None, []
     if args.tokenizer:
-        from hf_mm.models.x_clip.processing_x_clip import XClipProcessor
-
         processor = XClipProcessor(square_image_processor(cfg.vision_config.image_size),
                                    load_tokenizer(args.tokenizer, cfg.text_config.vocab_size))
         notes.append(normalisation_note("x-clip"))
+    elif cfg.text_config.vocab_size >= CLIP_BPE_VOCAB_SIZE:
+        processor = x_clip_processor(cfg)
+        notes += [f"no --tokenizer given: the processor uses x-clip's own tokenizer (OpenAI's CLIP BPE, "
+                  f"{CLIP_BPE_VOCAB_SIZE} tokens, no start/end tokens, padded with id 0, "
+                  f"{cfg.text_config.max_position_embeddings} tokens at most); pass --tokenizer if the checkpoint "
+                  "was trained with another.", normalisation_note("x-clip")]
     else:
-        notes.append("no --tokenizer given: no processor files are written (x-clip ships no tokenizer of its own "
-                     "for a model's vocabulary).")
+        notes.append(f"no --tokenizer given and the model's vocabulary ({cfg.text_config.vocab_size} tokens) is "
+                     f"smaller than that of x-clip's own CLIP BPE tokenizer ({CLIP_BPE_VOCAB_SIZE}): no processor "
+                     "files are written; pass --tokenizer with the tokenizer the checkpoint was trained with.")
     if cfg.use_visual_ssl:
         notes.append("the training loss is not compared: the visual SSL augmentations draw random numbers "
                      "differently from x-clip's torchvision ones.")

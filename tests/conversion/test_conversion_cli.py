@@ -221,6 +221,80 @@ def test_x_clip(tmp_path, tokenizer_dir):
     assert (image_latents - ours.image_embeds).abs().max() <= TOL
 
 
+def test_x_clip_without_tokenizer_writes_x_clip_s_own_bpe_processor(tmp_path):
+    """A model with the CLIP BPE vocabulary gets x-clip's own tokenizer: the reloaded processor's ids are those of
+    `x_clip.tokenizer.tokenize` (no start/end tokens, padded with 0, truncated to text_seq_len)."""
+    from transformers import AutoProcessor
+
+    x_clip = require_reference("x_clip")
+    kwargs = dict(X_CLIP, num_text_tokens=49408, dim_text=16, dim_image=16, text_dim_head=8, visual_dim_head=8)
+    torch.manual_seed(0)
+    torch.save(x_clip.CLIP(**kwargs).state_dict(), tmp_path / "clip.pt")
+    out = run_cli("x_clip", "--reference-kwargs", json.dumps(kwargs), "--checkpoint", str(tmp_path / "clip.pt"),
+                  "--output-dir", str(tmp_path / "out"))
+    assert {"processor_config.json", "tokenizer.json"} <= saved_files(out)
+    assert "x-clip's own tokenizer (OpenAI's CLIP BPE, 49408 tokens" in check_card(out, "x-clip 0.14.4")
+
+    processor = AutoProcessor.from_pretrained(out)
+    texts = ["A photo of a CAT!", "two dogs"]
+    ids = processor(text=texts, return_tensors="pt")["input_ids"]
+    assert torch.equal(ids, require_reference("x_clip.tokenizer").tokenizer.tokenize(texts, context_length=8))
+    assert ids[1, -1] == 0 and ids[0, 0] != processor.tokenizer.bos_token_id
+    long = processor(text=["a photo of a dog in the snow " * 3], return_tensors="pt")["input_ids"]
+    assert long.shape == (1, 8)
+    assert processor(images=[torch.rand(3, 20, 20).numpy()], return_tensors="pt")["pixel_values"].shape == (1, 3, 16, 16)
+
+
+FLAMINGO = dict(num_tokens=40, dim=32, depth=2, heads=2, dim_head=16, media_token_id=3, cross_attn_every=1,
+                perceiver_num_latents=4, perceiver_depth=1, max_video_frames=2,
+                vit=dict(image_size=16, patch_size=8, num_classes=5, dim=32, depth=1, heads=2, dim_head=16, mlp_dim=32))
+
+
+def test_flamingo_pytorch(tmp_path, tokenizer_dir):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from conversion.flamingo_pytorch import build_reference
+
+    require_reference("flamingo_pytorch")
+    torch.manual_seed(0)
+    ref = build_reference(FLAMINGO).eval()
+    with torch.no_grad():  # open the tanh gates (zero upstream), or the cross-attention would be invisible
+        for _, xattn in ref.layers:
+            xattn.attn_gate.fill_(0.7)
+            xattn.ff_gate.fill_(0.9)
+    save_file({k: v.clone() for k, v in ref.state_dict().items()}, tmp_path / "flamingo.safetensors")  # tied
+    (tmp_path / "arch.json").write_text(json.dumps(FLAMINGO))
+
+    out = run_cli("flamingo_pytorch", "--reference-kwargs", str(tmp_path / "arch.json"), "--checkpoint",
+                  str(tmp_path / "flamingo.safetensors"), "--output-dir", str(tmp_path / "out"),
+                  "--tokenizer", tokenizer_dir)
+    card = check_card(out, "flamingo-pytorch 0.1.2")
+    assert "media token (id 3)" in card
+    assert {"logits_images", "logits_text_only", "logits_video"} == set(
+        json.loads((out / "conversion_report.json").read_text())["parity"])
+
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    inputs = processor(text=["<image> a red circle"], images=[torch.rand(3, 16, 16).numpy()], return_tensors="pt")
+    assert inputs["input_ids"][0, 0].item() == 3 and inputs["pixel_values"].shape == (1, 1, 3, 16, 16)
+    with torch.no_grad():
+        expected = ref(inputs["input_ids"], images=inputs["pixel_values"])
+        ours = model(**inputs).logits
+    assert (expected - ours).abs().max() <= TOL
+
+
+def test_flamingo_media_token_must_match_the_tokenizer(tmp_path, tokenizer_dir):
+    from conversion.flamingo_pytorch import build_reference
+
+    require_reference("flamingo_pytorch")
+    arch = dict(FLAMINGO, media_token_id=5)
+    torch.save(build_reference(arch).state_dict(), tmp_path / "f.pt")
+    with pytest.raises(SystemExit, match=r"--media-token '<image>' has id 3 .* media_token_id is 5"):
+        run_cli("flamingo_pytorch", "--reference-kwargs", json.dumps(arch), "--checkpoint", str(tmp_path / "f.pt"),
+                "--output-dir", str(tmp_path / "out"), "--tokenizer", tokenizer_dir)
+    assert not (tmp_path / "out").exists()
+
+
 FLAMINGO = dict(num_tokens=40, dim=32, depth=2, heads=2, dim_head=16, media_token_id=3, cross_attn_every=1,
                 perceiver_num_latents=4, perceiver_depth=1, max_video_frames=2,
                 vit=dict(image_size=16, patch_size=8, num_classes=5, dim=32, depth=1, heads=2, dim_head=16, mlp_dim=32))
@@ -422,6 +496,8 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_folder(tmp_path, monkeypat
     assert token == "hf_test" and kwargs["repo_id"] == "me/tiny-xclip" and kwargs["repo_type"] == "model"
     assert Path(kwargs["folder_path"]) == out
     assert {"config.json", "model.safetensors", "README.md", "conversion_report.json"} <= set(files)
+    assert "processor_config.json" not in files  # 40 tokens: x-clip's own 49408-token tokenizer does not fit
+    assert b"no --tokenizer given and the model's vocabulary (40 tokens) is smaller" in files["README.md"]
     assert b'AutoModel.from_pretrained("me/tiny-xclip")' in files["README.md"]
 
 
