@@ -15,7 +15,7 @@ from transformers import CLIPImageProcessorPil, PreTrainedTokenizerFast
 import hf_mm  # noqa: F401  (registers the Auto classes)
 
 WORDS = ["[PAD]", "[BOS]", "[EOS]", "<image>", "a", "red", "blue", "circle", "square", "left", "of", "photo"]
-FAMILIES = ("coca", "coca_lucidrains", "x_clip", "flamingo", "dalle", "dalle_vae")
+FAMILIES = ("coca", "coca_lucidrains", "x_clip", "flamingo", "open_flamingo", "dalle", "dalle_vae")
 
 
 # -- configs ---------------------------------------------------------------------------------------------
@@ -84,6 +84,26 @@ def flamingo_config(**overrides):
     return FlamingoConfig(**fields)
 
 
+def open_flamingo_config(**overrides):
+    """Flamingo around a transformers causal LM (a tiny Llama), OpenFlamingo layout."""
+    from transformers import LlamaConfig
+
+    from hf_mm.models.flamingo import FlamingoConfig
+
+    text = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=32, pad_token_id=0, bos_token_id=1,
+                       eos_token_id=2)
+    fields = dict(
+        text_config=text,
+        vision_config=dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64),
+        perceiver_config=dict(num_latents=4, num_hidden_layers=1, num_attention_heads=2, head_dim=16),
+        cross_attn_every_n_layers=1, cross_attn_num_heads=2, cross_attn_head_dim=16, media_token_id=3, eoc_token_id=39,
+    )
+    fields.update(overrides)
+    return FlamingoConfig(**fields)
+
+
 def dalle_vae_config(**overrides):
     from hf_mm.models.dalle import DiscreteVAEConfig
 
@@ -104,7 +124,8 @@ def dalle_config(**overrides):
 
 CONFIGS = {
     "coca": coca_config, "coca_lucidrains": coca_lucidrains_config, "x_clip": x_clip_config,
-    "flamingo": flamingo_config, "dalle": dalle_config, "dalle_vae": dalle_vae_config,
+    "flamingo": flamingo_config, "open_flamingo": open_flamingo_config, "dalle": dalle_config,
+    "dalle_vae": dalle_vae_config,
 }
 
 
@@ -114,7 +135,7 @@ def model_class(family: str):
         from hf_mm.models.coca import CocaModel as cls
     elif family == "x_clip":
         from hf_mm.models.x_clip import XClipModel as cls
-    elif family == "flamingo":
+    elif family in ("flamingo", "open_flamingo"):
         from hf_mm.models.flamingo import FlamingoForConditionalGeneration as cls
     elif family == "dalle":
         from hf_mm.models.dalle import DalleForImageGeneration as cls
@@ -129,7 +150,7 @@ def build(family: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     model = model_class(family)(CONFIGS[family](**overrides)).eval()
     with torch.no_grad():
-        if family == "flamingo":
+        if family in ("flamingo", "open_flamingo"):
             for block in model.model.cross_attn_layers.values():
                 block.attn_gate.fill_(0.8)
                 block.ff_gate.fill_(0.6)
@@ -159,8 +180,8 @@ def inputs(family: str, model, batch: int = 2, seed: int = 0) -> dict:
         ids = torch.randint(3, cfg.text_config.vocab_size, (batch, 8), generator=g)
         ids[-1, 6:] = 0
         return dict(input_ids=ids, pixel_values=torch.rand(batch, 3, 16, 16, generator=g))
-    if family == "flamingo":
-        ids = torch.randint(4, cfg.text_config.vocab_size, (batch, 7), generator=g)
+    if family in ("flamingo", "open_flamingo"):
+        ids = torch.randint(4, cfg.text_config.vocab_size - 1, (batch, 7), generator=g)
         ids[:, 2] = cfg.media_token_id
         mask = torch.ones_like(ids)
         ids[-1, :1], mask[-1, :1] = 0, 0  # left padding
@@ -184,7 +205,7 @@ def generate_inputs(family: str, model, batch: int = 2, seed: int = 0) -> dict:
     return batch_inputs
 
 
-GENERATIVE = ("coca", "coca_lucidrains", "flamingo", "dalle")
+GENERATIVE = ("coca", "coca_lucidrains", "flamingo", "open_flamingo", "dalle")
 
 
 def main_output(family: str, out) -> torch.Tensor:

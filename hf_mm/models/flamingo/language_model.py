@@ -4,13 +4,16 @@ The LM keeps its own module tree (and so its state-dict names, attention kernels
 checkpointing). A forward hook on each decoder layer listed by `FlamingoConfig.cross_attention_layer_ids()` runs
 the Flamingo block on the layer's input hidden states (`"before"`, OpenFlamingo) or on its output (`"after"`,
 lucidrains). The hooks are idle unless `MediaConditioning` is active, which `FlamingoModel.forward` sets for the
-duration of one LM call only; a bare LM call (text only) is the plain LM.
+duration of one LM call only; a bare LM call (text only) is the plain LM. The active conditioning lives in a
+context variable (per thread / asyncio task), never on the model, so one model can serve several threads at once.
 
 Einstein notation: `b` batch, `n` text positions, `t` media, `l` latents per medium, `d` features.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -91,33 +94,53 @@ class MediaConditioning:
     past_key_values: object = None
 
 
+# {id(model): MediaConditioning} of the wrapped-LM calls in progress in this thread / task
+_ACTIVE_CONDITIONING: ContextVar[dict | None] = ContextVar("hf_mm_flamingo_media_conditioning", default=None)
+
+
+@contextmanager
+def conditioning_active(owner: nn.Module, conditioning: MediaConditioning):
+    """Makes `conditioning` visible to `owner`'s hooks for the calls made inside the block, in this thread only."""
+    token = _ACTIVE_CONDITIONING.set({**(_ACTIVE_CONDITIONING.get() or {}), id(owner): conditioning})
+    try:
+        yield
+    finally:
+        _ACTIVE_CONDITIONING.reset(token)
+
+
+def active_conditioning(owner: nn.Module) -> MediaConditioning | None:
+    """The conditioning of `owner`'s call in progress in this thread / task (None outside one)."""
+    active = _ACTIVE_CONDITIONING.get()
+    return None if active is None else active.get(id(owner))
+
+
 class CrossAttentionHook:
     """Forward (pre-)hook of decoder layer `layer_idx`: applies `owner.cross_attn_layers[str(layer_idx)]` while
-    `owner.media_conditioning` is set. Holds the owning model, not the block, so deep copies and module
+    a conditioning is active for `owner` (`conditioning_active`). Holds the owning model, not the block, so deep copies and module
     replacement (PEFT, FSDP) follow it."""
 
     def __init__(self, owner: nn.Module, layer_idx: int, before: bool):
         self.owner, self.layer_idx, self.before = owner, layer_idx, before
 
-    def _cross_attend(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        cond = self.owner.media_conditioning
+    def _cross_attend(self, hidden_states: torch.Tensor, cond: MediaConditioning) -> torch.Tensor:
         block = self.owner.cross_attn_layers[str(self.layer_idx)]
         return block(hidden_states, cond.media_latents, cond.media_mask, cond.attends,
                      past_key_values=cond.past_key_values)
 
     def __call__(self, module, args, kwargs, output=None):
-        if self.owner.media_conditioning is None:
+        cond = active_conditioning(self.owner)
+        if cond is None:
             return None
         if self.before:  # pre-hook: rewrite the hidden states the layer receives
             if args:
-                return (self._cross_attend(args[0]), *args[1:]), kwargs
+                return (self._cross_attend(args[0], cond), *args[1:]), kwargs
             if "hidden_states" not in kwargs:
                 raise TypeError(f"{type(module).__name__} was called without hidden states as its first argument "
                                 "or `hidden_states=`; Flamingo cannot find the input to cross-attend from")
-            return args, {**kwargs, "hidden_states": self._cross_attend(kwargs["hidden_states"])}
+            return args, {**kwargs, "hidden_states": self._cross_attend(kwargs["hidden_states"], cond)}
         if isinstance(output, tuple):  # some layers return (hidden_states, attentions, ...)
-            return (self._cross_attend(output[0]), *output[1:])
-        return self._cross_attend(output)
+            return (self._cross_attend(output[0], cond), *output[1:])
+        return self._cross_attend(output, cond)
 
 
 def attach_cross_attention(owner: nn.Module, layers: nn.ModuleList, layer_ids: list[int], before: bool) -> None:

@@ -29,7 +29,8 @@ from hf_mm.modeling_utils import HfMmPreTrainedModel
 from .configuration_flamingo import FlamingoConfig
 from .cross_attention import GatedCrossAttentionBlock, media_time_from_ids, text_to_media_mask
 from .language_model import (
-    MediaConditioning, attach_cross_attention, build_language_model, find_decoder_layers, fit_attention_implementation,
+    MediaConditioning, active_conditioning, attach_cross_attention, build_language_model, conditioning_active,
+    find_decoder_layers, fit_attention_implementation,
 )
 from .perceiver import PerceiverResampler
 
@@ -107,7 +108,6 @@ class FlamingoModel(FlamingoPreTrainedModel):
         self.cross_attn_layers = nn.ModuleDict(
             {str(i): GatedCrossAttentionBlock(config, layer_idx=i) for i in config.cross_attention_layer_ids()}
         )
-        self.media_conditioning: MediaConditioning | None = None  # set only while the wrapped LM runs
         if config.uses_builtin_text_model:
             self.language_model = None
             self.embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size)
@@ -289,15 +289,17 @@ class FlamingoModel(FlamingoPreTrainedModel):
         norm). Position ids are the LM's own default unless given (`generate()` gives them from the mask)."""
         self_cache = past_key_values.self_attention_cache if isinstance(past_key_values, EncoderDecoderCache) \
             else past_key_values
-        self.media_conditioning = cond
-        try:
+        with conditioning_active(self, cond):  # per thread: never stored on the model
             out = self.language_model(
                 input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                 position_ids=position_ids, past_key_values=self_cache, use_cache=use_cache, return_dict=True,
             )
-        finally:
-            self.media_conditioning = None
         return out.last_hidden_state
+
+    @property
+    def media_conditioning(self) -> MediaConditioning | None:
+        """The media conditioning of this model's wrapped-LM call in progress in this thread (None outside one)."""
+        return active_conditioning(self)
 
     def _cached_num_media(self, cache) -> int:
         """Media count recovered from cross-attention K/V stored on an earlier call (0 when none)."""
