@@ -295,56 +295,6 @@ def test_flamingo_media_token_must_match_the_tokenizer(tmp_path, tokenizer_dir):
     assert not (tmp_path / "out").exists()
 
 
-FLAMINGO = dict(num_tokens=40, dim=32, depth=2, heads=2, dim_head=16, media_token_id=3, cross_attn_every=1,
-                perceiver_num_latents=4, perceiver_depth=1, max_video_frames=2,
-                vit=dict(image_size=16, patch_size=8, num_classes=5, dim=32, depth=1, heads=2, dim_head=16, mlp_dim=32))
-
-
-def test_flamingo_pytorch(tmp_path, tokenizer_dir):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from conversion.flamingo_pytorch import build_reference
-
-    require_reference("flamingo_pytorch")
-    torch.manual_seed(0)
-    ref = build_reference(FLAMINGO).eval()
-    with torch.no_grad():  # open the tanh gates (zero upstream), or the cross-attention would be invisible
-        for _, xattn in ref.layers:
-            xattn.attn_gate.fill_(0.7)
-            xattn.ff_gate.fill_(0.9)
-    save_file({k: v.clone() for k, v in ref.state_dict().items()}, tmp_path / "flamingo.safetensors")  # tied
-    (tmp_path / "arch.json").write_text(json.dumps(FLAMINGO))
-
-    out = run_cli("flamingo_pytorch", "--reference-kwargs", str(tmp_path / "arch.json"), "--checkpoint",
-                  str(tmp_path / "flamingo.safetensors"), "--output-dir", str(tmp_path / "out"),
-                  "--tokenizer", tokenizer_dir)
-    card = check_card(out, "flamingo-pytorch 0.1.2")
-    assert "media token (id 3)" in card
-    assert {"logits_images", "logits_text_only", "logits_video"} == set(
-        json.loads((out / "conversion_report.json").read_text())["parity"])
-
-    model = AutoModelForImageTextToText.from_pretrained(out).eval()
-    processor = AutoProcessor.from_pretrained(out)
-    inputs = processor(text=["<image> a red circle"], images=[torch.rand(3, 16, 16).numpy()], return_tensors="pt")
-    assert inputs["input_ids"][0, 0].item() == 3 and inputs["pixel_values"].shape == (1, 1, 3, 16, 16)
-    with torch.no_grad():
-        expected = ref(inputs["input_ids"], images=inputs["pixel_values"])
-        ours = model(**inputs).logits
-    assert (expected - ours).abs().max() <= TOL
-
-
-def test_flamingo_media_token_must_match_the_tokenizer(tmp_path, tokenizer_dir):
-    from conversion.flamingo_pytorch import build_reference
-
-    require_reference("flamingo_pytorch")
-    arch = dict(FLAMINGO, media_token_id=5)
-    torch.save(build_reference(arch).state_dict(), tmp_path / "f.pt")
-    with pytest.raises(SystemExit, match=r"--media-token '<image>' has id 3 .* media_token_id is 5"):
-        run_cli("flamingo_pytorch", "--reference-kwargs", json.dumps(arch), "--checkpoint", str(tmp_path / "f.pt"),
-                "--output-dir", str(tmp_path / "out"), "--tokenizer", tokenizer_dir)
-    assert not (tmp_path / "out").exists()
-
-
 DALLE_VAE = dict(image_size=16, num_layers=2, num_tokens=16, codebook_dim=8, hidden_dim=8)
 DALLE = dict(dim=32, num_text_tokens=20, text_seq_len=5, depth=2, heads=2, dim_head=16,
              attn_types=("axial_row", "full"))
