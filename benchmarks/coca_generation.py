@@ -24,7 +24,7 @@ import copy
 
 import torch
 
-from .common import Result, check_tokens, interleaved_times, median, require_reference, seeded_randn
+from .common import Result, check_tokens, interleaved_times, log, median, require_reference, seeded_randn
 
 FULL = dict(model="coca_ViT-B-32", batch=4, new_tokens=(20, 60), beams=6)
 TINY = dict(batch=2, new_tokens=(3, 6), beams=3)
@@ -130,6 +130,7 @@ def run(tiny: bool, repeats: int, warmup: int) -> list[Result]:
             else:
                 ref_fn = lambda n=n: reference_beam_search(ref, images, sot, eos, n, beams)  # noqa: E731
             ours_fn = lambda n=n, beams=beams: _hf_generate(model, images, n, beams)  # noqa: E731
+            log(f"CoCa {mode}, {n} new tokens")
             verified = check_tokens(ref_fn(), ours_fn(), f"CoCa {mode} {n} tokens")
 
             def ref_encode(batch_images=batch_images):

@@ -105,6 +105,10 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup
     return times
 
 
+def log(message: str) -> None:
+    print(f"[benchmarks]   {message}", file=sys.stderr, flush=True)
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 

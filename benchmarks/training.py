@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .coca_generation import TINY_OPEN_CLIP
-from .common import REPO_ROOT, Result, check_close, interleaved_times, median, require_reference, seeded_randint, seeded_randn
+from .common import REPO_ROOT, Result, check_close, interleaved_times, log, median, require_reference, seeded_randint, seeded_randn
 
 FULL = dict(batch=8, text_len=76, open_clip="coca_ViT-B-32",
             coca_pytorch=dict(dim=512, num_tokens=49408, unimodal_depth=12, multimodal_depth=12, dim_head=64, heads=8,
@@ -210,6 +210,7 @@ def run(tiny: bool, repeats: int, warmup: int, threads: int, memory: bool = True
         images, text = inputs(cfg, size, model.config.text_config.vocab_size)
         ref_step = (open_clip_step if kind == "open_clip" else coca_pytorch_step)(ref, images, text)
         ours_step = hf_mm_step(model, images, text)
+        log(f"training step vs {kind}")
         verified, checks = verify(kind, ref, model, ref_step, ours_step)
         times = interleaved_times({"reference": ref_step, "hf_mm": ours_step}, repeats, warmup)
         med = {k: median(v) for k, v in times.items()}
@@ -223,6 +224,7 @@ def run(tiny: bool, repeats: int, warmup: int, threads: int, memory: bool = True
                 model.save_pretrained(Path(tmp) / "hf_mm")
                 del ref, model, ref_step, ours_step
                 gc.collect()
+                log(f"peak memory of {kind} and hf_mm, each in a fresh process")
                 details["memory_reference"] = measure_memory(kind, ref_weights, tiny, threads)
                 details["memory_hf_mm"] = measure_memory("hf_mm", str(Path(tmp) / "hf_mm"), tiny, threads)
             details["peak_rss_ratio_hf_mm_over_reference"] = (
