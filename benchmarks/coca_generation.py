@@ -152,7 +152,7 @@ def run(tiny: bool, repeats: int, warmup: int) -> list[Result]:
             results.append(Result(
                 family="CoCa", case=f"{mode}, {n} new tokens (decode only)", reference=label,
                 reference_s=ref_decode, hf_mm_s=ours_decode, target=10.0 if beams == 1 else 8.0,
-                verified=verified,
+                verified=verified, short=f"CoCa {mode}\n{n} tokens",
                 details={
                     "batch": cfg["batch"], "num_beams": beams, "new_tokens": n,
                     "reference_total_s": med["reference"], "hf_mm_total_s": med["hf_mm"],

@@ -54,6 +54,7 @@ class Result:
     target: float | None
     verified: str  # what was checked identical, e.g. "tokens equal" / "loss |diff| 3e-6"
     unit: str = "s"
+    short: str = ""  # bar-chart label
     details: dict = field(default_factory=dict)
 
     @property

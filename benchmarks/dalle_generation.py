@@ -87,7 +87,7 @@ def run(tiny: bool, repeats: int, warmup: int) -> list[Result]:
         case=f"sample {config.image_seq_len} image tokens + dVAE decode, batch {cfg['batch']} ({types})",
         reference=f"dalle-pytorch DALLE{' (tiny)' if tiny else ''}, best of use_cache=False/True",
         reference_s=med[best], hf_mm_s=med["hf_mm"], target=3.0,
-        verified=verified + "; hf_mm cached == uncached",
+        verified=verified + "; hf_mm cached == uncached", short=f"DALL-E sampling\n{config.image_seq_len} tokens",
         details={"reference_no_cache_s": med["reference_no_cache"], "reference_use_cache_s": med["reference_use_cache"],
                  "reference_best_mode": best, "raw_times": times},
     )]

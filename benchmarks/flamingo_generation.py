@@ -101,7 +101,7 @@ def run(tiny: bool, repeats: int, warmup: int) -> list[Result]:
     return [Result(
         family="Flamingo", case=f"greedy, {n} new tokens after a {cfg['prompt']}-token prompt, batch {cfg['batch']}",
         reference=label + ", media encoded once", reference_s=med["reference"], hf_mm_s=med["hf_mm"], target=8.0,
-        verified=verified,
+        verified=verified, short=f"Flamingo greedy\n{n} tokens",
         details={"reference_forward_per_step_s": med["reference_forward"],
                  "ratio_vs_forward_per_step": med["reference_forward"] / med["hf_mm"],
                  "media_tokens": arch["perceiver_num_latents"], "raw_times": times},

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import textwrap
+from dataclasses import fields
 from pathlib import Path
 
 from .common import Result
@@ -56,7 +59,7 @@ def bar_chart(results: list[Result], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.family}\n{r.case.split(' (')[0]}" for r in results]
+    labels = [r.short or f"{r.family}\n{textwrap.shorten(r.case, 22)}" for r in results]
     ratios = [r.ratio for r in results]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(results)), 4.5))
     colors = ["tab:green" if r.target is None or r.ratio >= r.target else "tab:orange" for r in results]
@@ -85,3 +88,24 @@ def write(results: list[Result], env: dict, settings: dict, output_dir: Path) ->
     bar_chart(results, paths["png"], f"hf_mm speed-up (dashed: target), {env['cpu_count']} cores, "
               f"{env['torch_threads']} threads, {env['date']}")
     return paths
+
+
+def load(path: Path) -> tuple[list[Result], dict, dict]:
+    """Read a `results.json` back (to re-render the Markdown and the chart without re-running)."""
+    payload = json.loads(Path(path).read_text())
+    names = {f.name for f in fields(Result)}
+    results = [Result(**{k: v for k, v in row.items() if k in names}) for row in payload["results"]]
+    return results, payload["environment"], payload["settings"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="re-render results.md and speedups.png from a results.json")
+    parser.add_argument("results_json")
+    args = parser.parse_args(argv)
+    path = Path(args.results_json)
+    results, env, settings = load(path)
+    write(results, env, settings, path.parent)
+
+
+if __name__ == "__main__":
+    main()

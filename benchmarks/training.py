@@ -235,7 +235,7 @@ def run(tiny: bool, repeats: int, warmup: int, threads: int, memory: bool = True
         results.append(Result(
             family="CoCa training", case=f"fwd+bwd step, batch {cfg['batch']}, {cfg['text_len']} text tokens",
             reference=label, reference_s=med["reference"], hf_mm_s=med["hf_mm"], target=1.2, verified=verified,
-            unit="s/step", details=details,
+            unit="s/step", short=f"training step\nvs {kind.replace('_', '-')}", details=details,
         ))
     return results
 
