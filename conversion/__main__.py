@@ -23,6 +23,8 @@ SOURCES: dict[str, tuple[str, str]] = {
     "x_clip": ("conversion.x_clip", "lucidrains x-clip CLIP with its built-in towers"),
     "flamingo_pytorch": ("conversion.flamingo_pytorch", "lucidrains flamingo-pytorch FlamingoPaLM + vit-pytorch ViT"),
     "dalle_pytorch": ("conversion.dalle_pytorch", "lucidrains DALLE-pytorch DALLE / DiscreteVAE checkpoints"),
+    "open_flamingo": ("conversion.open_flamingo",
+                      "OpenFlamingo checkpoint.pt + the LM folder (+ open_clip ViT weights)"),
 }
 
 STAGES = ("build reference", "load checkpoint", "convert", "verify", "model card", "save")

@@ -283,9 +283,17 @@ def verify(model: FlamingoForConditionalGeneration, source: dict, quick_gelu: bo
                                    model(input_ids=ids, pixel_values=px, attention_mask=mask).logits)}
 
 
+def _reference_importable() -> bool:
+    try:
+        import open_flamingo  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def convert_checkpoint(checkpoint, language_model, *, vision_checkpoint=None, tokenizer=None, vision_head_width: int = 64,
                        quick_gelu: bool = True, normalize_patch_tokens: bool = False, media_token_id: int | None = None,
-                       eoc_token_id: int | None = None, verify_reference: bool = True):
+                       eoc_token_id: int | None = None, verify_reference: bool = True, progress=None):
     """CLI-friendly conversion from files. Returns `(model, processor or None, report)`.
 
     checkpoint: OpenFlamingo `checkpoint.pt` (torch.load with weights_only=True) or .safetensors.
@@ -295,55 +303,59 @@ def convert_checkpoint(checkpoint, language_model, *, vision_checkpoint=None, to
     tokenizer: the LM's tokenizer (folder or object; default: the `language_model` folder when it has one);
         OpenFlamingo's special tokens are added. Without it pass `media_token_id` and `eoc_token_id`.
     verify_reference: compare with open_flamingo when it is importable (`report["parity"]`, else None).
+    progress: the CLI's `Progress` (its loading / conversion / verification stages), or None.
     """
+    import contextlib
     from pathlib import Path
 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig
 
     from .common import load_checkpoint
 
-    state_dict = load_checkpoint(checkpoint)
-    lm_state = None
-    if isinstance(language_model, PreTrainedConfig):
-        text_config = language_model
-    elif isinstance(language_model, dict):
-        text_config = AutoConfig.for_model(**language_model)
-    else:
-        folder = Path(language_model)
-        text_config = AutoConfig.from_pretrained(folder, local_files_only=True)
-        if any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")):
-            lm_state = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32).state_dict()
-        if tokenizer is None and (folder / "tokenizer_config.json").exists():
-            tokenizer = folder
-    if isinstance(tokenizer, (str, Path)):
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
-    if tokenizer is not None:
-        media_id, eoc_id = add_special_tokens(tokenizer)
-        for name, given, found in (("media_token_id", media_token_id, media_id), ("eoc_token_id", eoc_token_id, eoc_id)):
-            if given is not None and given != found:
-                raise ValueError(f"{name}={given} but the tokenizer gives {found}")
-        media_token_id, eoc_token_id = media_id, eoc_id
-    if media_token_id is None or eoc_token_id is None:
-        raise ValueError("pass a tokenizer, or media_token_id and eoc_token_id (ids of <image> and <|endofchunk|>)")
-    vision_state = load_checkpoint(vision_checkpoint) if vision_checkpoint is not None else None
+    def stage(name):
+        return progress.stage(name) if progress is not None else contextlib.nullcontext()
+
+    with stage("load checkpoint"):
+        state_dict = load_checkpoint(checkpoint)
+        lm_state = None
+        if isinstance(language_model, PreTrainedConfig):
+            text_config = language_model
+        elif isinstance(language_model, dict):
+            text_config = AutoConfig.for_model(**language_model)
+        else:
+            folder = Path(language_model)
+            text_config = AutoConfig.from_pretrained(folder, local_files_only=True)
+            if any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")):
+                lm_state = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True,
+                                                                dtype=torch.float32).state_dict()
+            if tokenizer is None and (folder / "tokenizer_config.json").exists():
+                tokenizer = folder
+        if isinstance(tokenizer, (str, Path)):
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+        if tokenizer is not None:
+            media_id, eoc_id = add_special_tokens(tokenizer)
+            for name, given, found in (("media_token_id", media_token_id, media_id),
+                                       ("eoc_token_id", eoc_token_id, eoc_id)):
+                if given is not None and given != found:
+                    raise ValueError(f"{name}={given} but the tokenizer gives {found}")
+            media_token_id, eoc_token_id = media_id, eoc_id
+        if media_token_id is None or eoc_token_id is None:
+            raise ValueError("pass a tokenizer, or media_token_id and eoc_token_id (ids of <image> and <|endofchunk|>)")
+        vision_state = load_checkpoint(vision_checkpoint) if vision_checkpoint is not None else None
     report = {}
-    model = convert(state_dict, text_config, media_token_id=media_token_id, eoc_token_id=eoc_token_id,
-                    language_model_state_dict=lm_state, vision_state_dict=vision_state,
-                    vision_head_width=vision_head_width, quick_gelu=quick_gelu,
-                    normalize_patch_tokens=normalize_patch_tokens, report=report)
+    with progress.tensors() if progress is not None else contextlib.nullcontext():
+        model = convert(state_dict, text_config, media_token_id=media_token_id, eoc_token_id=eoc_token_id,
+                        language_model_state_dict=lm_state, vision_state_dict=vision_state,
+                        vision_head_width=vision_head_width, quick_gelu=quick_gelu,
+                        normalize_patch_tokens=normalize_patch_tokens, report=report)
     processor = build_processor(tokenizer, model.config.vision_config.image_size) if tokenizer is not None else None
     if processor is not None and len(tokenizer) > model.config.text_config.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, the checkpoint's embeddings "
                          f"{model.config.text_config.vocab_size} rows")
     report["parity"] = None
-    if verify_reference:
-        try:
-            import open_flamingo  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            layout = read_layout(state_dict, text_config)
-            source, _ = merge_sources(state_dict, layout, lm_state, vision_state)
+    with stage("build reference"), stage("verify"):  # verify() rebuilds the reference around the converted tensors
+        if verify_reference and _reference_importable():
+            source, _ = merge_sources(state_dict, read_layout(state_dict, text_config), lm_state, vision_state)
             report["parity"] = verify(model, source, quick_gelu)
     return model, processor, report
 
@@ -368,12 +380,11 @@ def run(args, progress):
     lm = args.language_model
     if lm.lstrip().startswith("{") or lm.endswith(".json"):
         lm = read_json_argument(lm, "--language-model")
-    with progress.tensors():
-        model, processor, report = convert_checkpoint(
-            args.checkpoint, lm, vision_checkpoint=args.vision_checkpoint, tokenizer=args.tokenizer,
-            vision_head_width=args.vision_head_width, quick_gelu=not args.no_quick_gelu,
-            normalize_patch_tokens=args.normalize_patch_tokens,
-        )
+    model, processor, report = convert_checkpoint(
+        args.checkpoint, lm, vision_checkpoint=args.vision_checkpoint, tokenizer=args.tokenizer,
+        vision_head_width=args.vision_head_width, quick_gelu=not args.no_quick_gelu,
+        normalize_patch_tokens=args.normalize_patch_tokens, progress=progress,
+    )
     cfg = model.config
     notes = [f"Tensors per source: {report['tensors']}.",
              f"Unused by OpenFlamingo's forward (dropped): {report['unused_vision_tensors']}.",
@@ -385,3 +396,14 @@ def run(args, progress):
         card_fields=dict(language_model=cfg.text_config.model_type, cross_attn_every_n_layers=cfg.cross_attn_every,
                          media_token_id=cfg.media_token_id, eoc_token_id=cfg.eoc_token_id),
     )
+
+
+def main(argv=None):
+    """`python -m conversion.open_flamingo ...` = `python -m conversion open_flamingo ...`."""
+    from .__main__ import source_main
+
+    return source_main("open_flamingo", argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import save_file
 
 import hf_mm  # noqa: F401  (Auto registration)
-from conversion.__main__ import SOURCES, main
+from conversion.__main__ import SOURCES, STAGES, main
 from conversion.common import render_model_card
-from reference_imports import REPO_ROOT, require_reference
+from reference_imports import REPO_ROOT, TESTS_DIR, require_reference
 
 TOL = 1e-4
 WORDS = ["[PAD]", "[BOS]", "[EOS]", "<image>", "a", "red", "blue", "circle", "square", "photo", "of"]
@@ -295,6 +295,63 @@ def test_flamingo_media_token_must_match_the_tokenizer(tmp_path, tokenizer_dir):
     assert not (tmp_path / "out").exists()
 
 
+def open_flamingo_helpers():
+    """tests/models/open_flamingo/open_flamingo_helpers.py, imported by path: that folder is no package (it would
+    shadow the `open_flamingo` reference library). The same module object as the one its own tests import."""
+    import importlib.util
+
+    name = "open_flamingo_helpers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, TESTS_DIR / "models" / "open_flamingo" / f"{name}.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def test_open_flamingo_released_checkpoint_with_lm_folder_and_vision_weights(tmp_path, capsys):
+    """A released-style checkpoint.pt (trained tensors only) + the LM's own folder + open_clip weights + the LM's
+    tokenizer -> a folder that reloads through the Auto classes and matches the reference."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+
+    helpers = open_flamingo_helpers()
+    name = "llama-every1-quickgelu"
+    kind, layers, _, vision, _ = helpers.CONFIGS[name]
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_config(helpers.lm_config(kind, layers))
+    lm.save_pretrained(tmp_path / "lm")  # before open_flamingo changes the LM in place
+    helpers.lm_tokenizer().save_pretrained(tmp_path / "tokenizer")
+    ref = helpers.build(name, language_model=lm)
+    torch.save(helpers.trained_tensors(ref.state_dict()), tmp_path / "checkpoint.pt")
+    save_file({f"visual.{k}": v.contiguous() for k, v in ref.vision_encoder.state_dict().items()},
+              tmp_path / "open_clip.safetensors")
+
+    out = main(["open_flamingo", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--language-model",
+                str(tmp_path / "lm"), "--vision-checkpoint", str(tmp_path / "open_clip.safetensors"),
+                "--vision-head-width", str(vision["head_width"]), "--tokenizer", str(tmp_path / "tokenizer"),
+                "--output-dir", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert "verification against open-flamingo 2.0.1" in captured.out
+    assert f"{len(STAGES)}/{len(STAGES)}" in captured.err and "tensor" in captured.err  # every stage reported
+    assert {"config.json", "generation_config.json", "model.safetensors", "README.md", "conversion_report.json",
+            "processor_config.json", "tokenizer.json"} <= saved_files(out)
+    card = check_card(out, "open-flamingo 2.0.1")
+    media, eoc = helpers.MEDIA, helpers.EOC
+    assert f"`<image>` is token {media}, `<|endofchunk|>` token {eoc}" in card
+    assert "(`llama`)" in card and "before every\n1 decoder layer(s)" in card
+    assert set(json.loads((out / "conversion_report.json").read_text())["parity"]) == {"logits"}
+
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    assert model.generation_config.eos_token_id == eoc
+    inputs = processor(text=["<image>w5 w6<|endofchunk|><image>w7", "<image>w8<|endofchunk|><image>w9 w10 w11"],
+                       images=[[torch.rand(3, 40, 30).numpy() for _ in range(2)] for _ in range(2)])
+    assert inputs["input_ids"][0].tolist() == [0, media, 5, 6, eoc, media, 7]  # left padding
+    with torch.no_grad():
+        expected = ref(inputs["pixel_values"][:, :, None], inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        ours = model(**inputs).logits
+    assert (expected.logits - ours).abs().max() <= TOL
+
+
 DALLE_VAE = dict(image_size=16, num_layers=2, num_tokens=16, codebook_dim=8, hidden_dim=8)
 DALLE = dict(dim=32, num_text_tokens=20, text_seq_len=5, depth=2, heads=2, dim_head=16,
              attn_types=("axial_row", "full"))
@@ -455,7 +512,7 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_folder(tmp_path, monkeypat
 # model card templates
 
 
-@pytest.mark.parametrize("family", ["coca", "x_clip", "flamingo", "dalle"])
+@pytest.mark.parametrize("family", ["coca", "x_clip", "flamingo", "open_flamingo", "dalle"])
 def test_templates_refuse_unfilled_and_unknown_fields(family):
     with pytest.raises(ValueError, match="unfilled fields"):
         render_model_card(f"{family}.md", model_name="m")

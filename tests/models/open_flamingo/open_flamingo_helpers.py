@@ -34,6 +34,17 @@ def lm_config(kind: str, layers: int = 2):
     raise ValueError(kind)
 
 
+def lm_tokenizer():
+    """A word-level LM tokenizer of 98 tokens (no `<image>` / `<|endofchunk|>` yet), built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["[PAD]", "[BOS]", "[EOS]"] + [f"w{i}" for i in range(3, EOC)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[PAD]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]")
+
+
 # name -> (LM kind, LM layers, cross_attn_every_n_layers, open_clip vision_cfg, quick_gelu); vary every knob the
 # converter reads. final_ln_after_pool=True is open_clip < 2.23's token output (what the checkpoints need).
 CONFIGS = {
@@ -78,6 +89,14 @@ def convert_reference(name: str, ref, state_dict=None, **kwargs):
     return convert(ref.state_dict() if state_dict is None else state_dict, lm_config(kind, layers),
                    media_token_id=MEDIA, eoc_token_id=EOC, vision_head_width=vision["head_width"],
                    quick_gelu=quick_gelu, normalize_patch_tokens=not vision["final_ln_after_pool"], **kwargs)
+
+
+def trained_tensors(state_dict: dict) -> dict:
+    """What a released checkpoint.pt holds: the tensors training changed (perceiver, cross-attention, embeddings,
+    as open_flamingo's `filter_state_dict_to_trainable` keeps), each under its first name."""
+    return {k: v for k, v in state_dict.items()
+            if (k.startswith("perceiver.") or "gated_cross_attn_layer." in k or "embed" in k)
+            and not k.startswith("lang_encoder.gated_cross_attn_layers.")}
 
 
 @functools.lru_cache(maxsize=None)

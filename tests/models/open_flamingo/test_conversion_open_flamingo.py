@@ -3,23 +3,14 @@
 import numpy as np
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedTokenizerFast
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import hf_mm  # noqa: F401
 from conversion.open_flamingo import convert_checkpoint
 
-from open_flamingo_helpers import CONFIGS, EOC, MEDIA, lm_config, pair
+from open_flamingo_helpers import CONFIGS, EOC, MEDIA, lm_config, lm_tokenizer, pair
 
 NAME = "llama-every1-quickgelu"
-
-
-def _tokenizer():
-    """A word-level LM tokenizer of 98 tokens (no `<image>` / `<|endofchunk|>` yet), built offline."""
-    words = ["[PAD]", "[BOS]", "[EOS]"] + [f"w{i}" for i in range(3, 98)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[PAD]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]")
 
 
 def _image(seed, size=(40, 30)):
@@ -31,7 +22,7 @@ def test_files_to_model_and_processor(tmp_path):
     torch.save(ref.state_dict(), tmp_path / "checkpoint.pt")
     lm_dir = tmp_path / "lm"
     lm_config(CONFIGS[NAME][0], CONFIGS[NAME][1]).save_pretrained(lm_dir)  # config only: the checkpoint is full
-    _tokenizer().save_pretrained(lm_dir)
+    lm_tokenizer().save_pretrained(lm_dir)
     model, processor, report = convert_checkpoint(tmp_path / "checkpoint.pt", lm_dir, vision_head_width=24)
     assert report["parity"]["logits"] <= 1e-4
     assert (model.config.media_token_id, model.config.eoc_token_id) == (MEDIA, EOC)  # OpenFlamingo's order

@@ -13,7 +13,9 @@ import torch
 
 from conversion.common import UnmappedTensorsError, max_abs_diff
 
-from open_flamingo_helpers import CONFIGS, EOC, MEDIA, build, convert_reference, few_shot_prompt, left_padded, pair, vision_x
+from open_flamingo_helpers import (
+    CONFIGS, EOC, MEDIA, build, convert_reference, few_shot_prompt, left_padded, pair, trained_tensors, vision_x,
+)
 
 TOL = 1e-4
 NAMES = list(CONFIGS)
@@ -134,8 +136,8 @@ def test_every_tensor_accounted_for():
 
 @torch.no_grad()
 def test_released_checkpoint_plus_language_model_and_vision_weights(tmp_path):
-    """Released checkpoint.pt files hold only what training changed (perceiver, cross-attention, embeddings, as
-    open_flamingo's `filter_state_dict_to_trainable` keeps); the LM and the CLIP tower come from their own files."""
+    """Released checkpoint.pt files hold only what training changed (`trained_tensors`); the LM and the CLIP tower
+    come from their own files."""
     from transformers import AutoModelForCausalLM
 
     from conversion.common import load_checkpoint
@@ -148,9 +150,7 @@ def test_released_checkpoint_plus_language_model_and_vision_weights(tmp_path):
     lm_state = {k: v.clone() for k, v in lm.state_dict().items()}  # HF names, before open_flamingo wraps the layers
     ref = build(name, language_model=lm)
     full = ref.state_dict()
-    trained = {k: v for k, v in full.items()
-               if k.startswith("perceiver.") or "gated_cross_attn_layer." in k or "embed" in k}
-    trained = {k: v for k, v in trained.items() if not k.startswith("lang_encoder.gated_cross_attn_layers.")}
+    trained = trained_tensors(full)
     torch.save(trained, tmp_path / "checkpoint.pt")
     clip_state = {f"visual.{k}": v for k, v in ref.vision_encoder.state_dict().items()}
     clip_state["text_projection"] = torch.zeros(2)  # a whole CLIP state dict: only visual.* is read
