@@ -14,6 +14,7 @@ STOCHASTIC = {
     "x_clip": dict(vision_config=dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1,
                                       num_attention_heads=2, head_dim=16, patch_dropout=0.5)),
     "flamingo": {},
+    "open_flamingo": {},
     "dalle": dict(attention_dropout=0.3, ff_dropout=0.3),
     "dalle_vae": {},  # the gumbel-softmax sample
 }
