@@ -212,6 +212,16 @@ class XClipModel(XClipPreTrainedModel):
         d, l = self.config.vision_config.hidden_size, self.config.projection_dim
         return DownsampleProjection(d, l) if self.config.downsample_image_embeds else nn.Linear(d, l, bias=False)
 
+    # -- embeddings API (gradient checkpointing and PEFT hook the token embeddings) ----------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.embed_tokens if self.builtin_text else self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        if self.builtin_text:
+            self.text_model.embed_tokens = value
+        else:
+            self.text_model.set_input_embeddings(value)
+
     # ----------------------------------------------------------------------------------------- input checks
     def _check_input_ids(self, input_ids, name: str = "input_ids") -> None:
         if not self.builtin_text:

@@ -1,6 +1,6 @@
 """x-clip features that parity cannot show: user-supplied transformers towers saved and reloaded through the
-Auto classes, LiT with a given (pretrained) tower, gradient checkpointing really recomputing layers, and the
-learned temperature."""
+Auto classes, LiT with a given (pretrained) tower, gradient checkpointing really recomputing layers (same
+gradients), the input embeddings that checkpointing and adapters hook, and the learned temperature."""
 
 import math
 
@@ -69,28 +69,67 @@ def test_lit_with_a_given_pretrained_vision_tower():
         assert changed == (not name.startswith("vision_model.")) or "position_ids" in name, name
 
 
-def count_layer_calls(model, **options):
-    """How often the first text block's attention runs in one forward + backward. (transformers checkpoints a
-    layer's `forward`, so a hook on the block itself fires once; its submodules run again when recomputed.)"""
-    calls = []
-    handle = model.text_model.encoder.layers[0].attn.register_forward_hook(lambda *_: calls.append(1))
+def forward_backward(model, **options):
+    """One training forward + backward: how often the first block of each tower ran its attention, and the
+    gradients. (transformers checkpoints a layer's `forward`, so a hook on the block itself fires once; its
+    submodules run again when recomputed.)"""
+    calls = {"text": 0, "vision": 0}
+
+    def count(tower):
+        return lambda *_: calls.update({tower: calls[tower] + 1})
+
+    handles = [model.text_model.encoder.layers[0].attn.register_forward_hook(count("text")),
+               model.vision_model.encoder.layers[0].attn.register_forward_hook(count("vision"))]
+    model.zero_grad(set_to_none=True)
     model.train()
     model(*batch(), return_loss=True, **options).loss.backward()
-    handle.remove()
-    return len(calls)
+    for handle in handles:
+        handle.remove()
+    return calls, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def test_gradient_checkpointing_recomputes_the_layers_in_backward():
-    """With checkpointing each block runs twice (forward + recompute in backward), without it once; the
-    gradients are the same either way (compared in test_modeling_x_clip)."""
+def test_gradient_checkpointing_recomputes_the_layers_and_keeps_the_gradients():
+    """With checkpointing each block runs twice (forward + recompute in backward), without it once, and every
+    parameter gets the same gradient either way; a frozen tower has nothing to recompute."""
     torch.manual_seed(0)
     model = XClipModel(XClipConfig(text_config=TEXT, vision_config=VISION, projection_dim=16))
-    assert count_layer_calls(model) == 1
+    calls, expected = forward_backward(model)
+    assert calls == {"text": 1, "vision": 1}
+    assert len(expected) == len(list(model.parameters()))
     model.activation_checkpointing_enable()
-    assert count_layer_calls(model) == 2
-    assert count_layer_calls(model, freeze_text_encoder=True) == 1  # a frozen tower has nothing to recompute
+    calls, grads = forward_backward(model)
+    assert calls == {"text": 2, "vision": 2}
+    assert grads.keys() == expected.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], rtol=0, atol=1e-6, msg=name)
+    assert forward_backward(model, freeze_text_encoder=True)[0] == {"text": 1, "vision": 2}
     model.activation_checkpointing_disable()
-    assert count_layer_calls(model) == 1
+    assert forward_backward(model)[0] == {"text": 1, "vision": 1}
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")  # the frozen vision tower, expected
+def test_input_embeddings_let_adapters_train_under_reentrant_checkpointing():
+    """get/set_input_embeddings reach the text tower's token embeddings (a user-supplied transformers tower's own),
+    so activation checkpointing hooks them: with every weight frozen but one attention projection (an adapter's
+    setting) and reentrant checkpointing, that projection still gets its gradient."""
+    torch.manual_seed(0)
+    model = XClipModel(XClipConfig(text_config=TEXT, vision_config=VISION, projection_dim=16))
+    assert model.get_input_embeddings() is model.text_model.embed_tokens
+    embeddings = torch.nn.Embedding(TEXT["vocab_size"], TEXT["hidden_size"])
+    model.set_input_embeddings(embeddings)
+    assert model.text_model.embed_tokens is embeddings and model.get_input_embeddings() is embeddings
+
+    model.requires_grad_(False)
+    adapted = model.text_model.encoder.layers[1].attn.q_proj.requires_grad_(True)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    model.train()
+    model(*batch(), return_loss=True).loss.backward()
+    assert adapted.weight.grad is not None and adapted.weight.grad.abs().sum() > 0
+
+    external = XClipModel(XClipConfig(text_config=CLIP_TEXT, vision_config=VISION, projection_dim=16))
+    assert external.get_input_embeddings() is external.text_model.embeddings.token_embedding
+    external.set_input_embeddings(embeddings)
+    assert external.text_model.embeddings.token_embedding is embeddings
 
 
 @pytest.mark.parametrize("logit_scale_max", [None, 100.0])
