@@ -18,6 +18,20 @@ def is_integer_tensor(value) -> bool:
     return torch.is_tensor(value) and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
 
 
+def resolve_head_dim(hidden_size: int, num_heads: int, head_dim: int | None, prefix: str) -> int:
+    """`head_dim`, or `hidden_size / num_heads` when unset; a ValueError naming `{prefix}num_attention_heads` when
+    the heads cannot split the width."""
+    if num_heads < 1:
+        raise ValueError(f"{prefix}num_attention_heads must be >= 1, got {num_heads}")
+    if head_dim is not None:
+        return head_dim
+    if hidden_size % num_heads:
+        raise ValueError(
+            f"{prefix}num_attention_heads ({num_heads}) must divide hidden_size ({hidden_size}), or set head_dim"
+        )
+    return hidden_size // num_heads
+
+
 def check_token_ids(
     input_ids,
     name: str = "input_ids",

@@ -12,7 +12,7 @@ from transformers import PreTrainedConfig
 
 from .blocks import TransformerBlock
 from .norms import LayerNorm
-from .validation import check_pixel_values
+from .validation import check_pixel_values, resolve_head_dim
 
 
 class VisionTowerConfig(PreTrainedConfig):
@@ -51,15 +51,7 @@ class VisionTowerConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
-        if self.num_attention_heads < 1:
-            raise ValueError(f"vision_config.num_attention_heads must be >= 1, got {self.num_attention_heads}")
-        if self.head_dim is None:
-            if self.hidden_size % self.num_attention_heads:
-                raise ValueError(
-                    f"vision_config.num_attention_heads ({self.num_attention_heads}) must divide hidden_size "
-                    f"({self.hidden_size}), or set head_dim"
-                )
-            self.head_dim = self.hidden_size // self.num_attention_heads
+        self.head_dim = resolve_head_dim(self.hidden_size, self.num_attention_heads, self.head_dim, "vision_config.")
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):

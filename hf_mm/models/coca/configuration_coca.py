@@ -7,6 +7,7 @@ SwiGLU, rotary, multi-query attention, bias-free LayerNorm, tied embedding/logit
 
 from transformers import PreTrainedConfig
 
+from ...layers.validation import resolve_head_dim
 from ...layers.vision import VisionTowerConfig
 
 PADDING_MASK_STYLES = ("open_clip_legacy", "open_clip", "coca_pytorch")
@@ -56,15 +57,7 @@ class CocaTextConfig(PreTrainedConfig):
     use_cache: bool = True
 
     def __post_init__(self, **kwargs):
-        if self.num_attention_heads < 1:
-            raise ValueError(f"text_config.num_attention_heads must be >= 1, got {self.num_attention_heads}")
-        if self.head_dim is None:
-            if self.hidden_size % self.num_attention_heads:
-                raise ValueError(
-                    f"text_config.num_attention_heads ({self.num_attention_heads}) must divide hidden_size "
-                    f"({self.hidden_size}), or set head_dim"
-                )
-            self.head_dim = self.hidden_size // self.num_attention_heads
+        self.head_dim = resolve_head_dim(self.hidden_size, self.num_attention_heads, self.head_dim, "text_config.")
         self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
         super().__post_init__(**kwargs)
 
