@@ -66,6 +66,8 @@ def config_from_reference(clip) -> XClipConfig:
     kwargs = dict(
         text_config=text_config, vision_config=vision_config, projection_dim=clip.dim_latent,
         logit_scale_init_value=float(clip.temperature.detach()),
+        # hf_mm clamps the scale to 100 (open_clip); a checkpoint whose scale grew past it keeps x-clip's unclamped one
+        logit_scale_max=None if float(clip.temperature.detach().exp()) > 100.0 else 100.0,
         text_has_cls_token=clip.text_has_cls_token, visual_has_cls_token=clip.visual_has_cls_token,
         text_encode_without_mask=clip.text_encode_without_mask, use_all_token_embeds=clip.use_all_token_embeds,
         downsample_image_embeds=isinstance(clip.to_visual_latent, torch.nn.Sequential),

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import tiny_models as tm
+from reference_imports import require_reference
 from hf_mm.layers import LayerNorm, self_attention_mask
 
 CONTRASTIVE = ("coca", "coca_lucidrains", "x_clip")
@@ -58,6 +59,24 @@ def test_x_clip_clamp_is_configurable_and_none_reproduces_the_unclamped_referenc
     fresh, free = tm.build("x_clip"), tm.build("x_clip", logit_scale_max=None)
     with torch.no_grad():
         assert torch.equal(fresh(**batch).logits_per_image, free(**batch).logits_per_image)
+
+
+@pytest.mark.parametrize("scale, expected_max", [(math.e, 100.0), (300.0, None)])
+def test_x_clip_converter_keeps_a_checkpoint_scale_above_the_clamp(scale, expected_max):
+    """x-clip never clamps: a checkpoint whose scale grew past 100 converts unclamped, and stays at parity."""
+    x_clip = require_reference("x_clip")
+    from conversion.x_clip import convert, parity_report
+
+    torch.manual_seed(0)
+    reference = x_clip.CLIP(dim_text=32, dim_image=32, dim_latent=16, num_text_tokens=50, text_enc_depth=1,
+                            text_seq_len=8, text_heads=2, text_dim_head=16, visual_enc_depth=1, visual_heads=2,
+                            visual_dim_head=16, visual_image_size=16, visual_patch_size=8, visual_patch_dropout=0.0)
+    with torch.no_grad():
+        reference.temperature.fill_(math.log(scale))
+    model = convert(reference)
+    assert model.config.logit_scale_max == expected_max
+    report = parity_report(reference, model)
+    assert max(report.values()) <= 1e-4, report
 
 
 # ---- half precision -----------------------------------------------------------------------------------------
