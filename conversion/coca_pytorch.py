@@ -22,7 +22,7 @@ from .common import (
     Conversion, StateDictConverter, convert_from_reference, library_version, load_tokenizer, max_abs_diff,
     normalisation_note, read_json_argument, square_image_processor,
 )
-from .lucidrains import convert_bias_free_layernorm, convert_parallel_block
+from .lucidrains import convert_bias_free_layernorm, convert_fused_kv_attention, convert_parallel_block
 from .vit_pytorch import convert_vit_pytorch
 
 
@@ -60,15 +60,6 @@ def build_config(ref, vision_config: dict | None = None, **overrides) -> CocaCon
     return CocaConfig(**cfg)
 
 
-def _convert_cross_attention(conv, src, dst):
-    """coca-pytorch `CrossAttention` (multi-query, fused `to_kv`) -> cross-attention `TransformerBlock` parts."""
-    conv.move(f"{src}.to_q.weight", f"{dst}.q_proj.weight")
-    k, v = conv.take(f"{src}.to_kv.weight").chunk(2, dim=0)
-    conv.put(f"{dst}.k_proj.weight", k)
-    conv.put(f"{dst}.v_proj.weight", v)
-    conv.move(f"{src}.to_out.weight", f"{dst}.o_proj.weight")
-
-
 def convert(reference_model, **config_overrides) -> CocaModel:
     """coca-pytorch `CoCa` (with an `Extractor(ViT)` image encoder, or none) -> `CocaModel` in eval mode."""
     ref = reference_model
@@ -89,7 +80,7 @@ def convert(reference_model, **config_overrides) -> CocaModel:
     conv.alias("to_logits.1.weight", "token_emb.weight")  # tied
     convert_bias_free_layernorm(conv, "img_attn_pool.norm", "attn_pool.norm_query")
     convert_bias_free_layernorm(conv, "img_attn_pool.context_norm", "attn_pool.norm_context")
-    _convert_cross_attention(conv, "img_attn_pool", "attn_pool.attn")
+    convert_fused_kv_attention(conv, "img_attn_pool", "attn_pool.attn")
     convert_bias_free_layernorm(conv, "img_attn_pool_norm", "pooler_norm")
     convert_bias_free_layernorm(conv, "text_cls_norm", "text_model.cls_norm")
     conv.move("img_to_latents.to_latents.weight", "visual_projection.weight")
@@ -100,7 +91,7 @@ def convert(reference_model, **config_overrides) -> CocaModel:
         convert_parallel_block(conv, f"multimodal_layers.{i}.0.fn", f"decoder_layers.{i}.self_block", heads, dim_head)
         src, dst = f"multimodal_layers.{i}.1.fn", f"decoder_layers.{i}.cross_block"
         convert_bias_free_layernorm(conv, f"{src}.norm", f"{dst}.norm1")
-        _convert_cross_attention(conv, src, f"{dst}.attn")
+        convert_fused_kv_attention(conv, src, f"{dst}.attn")
         conv.move(f"{src}.ff.0.weight", f"{dst}.mlp.fc1.weight")
         conv.move(f"{src}.ff.2.weight", f"{dst}.mlp.fc2.weight")
     convert_bias_free_layernorm(conv, "to_logits.0", "decoder_norm")

@@ -93,6 +93,12 @@ class StateDictConverter:
         return model.eval()
 
 
+def move_layernorm(conv: StateDictConverter, src: str, dst: str) -> None:
+    """`nn.LayerNorm` weight and bias."""
+    conv.move(f"{src}.weight", f"{dst}.weight")
+    conv.move(f"{src}.bias", f"{dst}.bias")
+
+
 @contextlib.contextmanager
 def track_tensors(make_bar):
     """Inside the block, every `StateDictConverter` reports each source tensor it consumes to

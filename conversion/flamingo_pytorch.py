@@ -22,7 +22,9 @@ from .common import (
     Conversion, StateDictConverter, convert_from_reference, library_version, load_tokenizer, max_abs_diff,
     normalisation_note, read_json_argument, square_image_processor,
 )
-from .lucidrains import convert_bias_free_layernorm, convert_parallel_block
+from .lucidrains import (
+    convert_bias_free_layernorm, convert_gated_cross_attention, convert_parallel_block, convert_perceiver_layers,
+)
 from .vit_pytorch import convert_vit_pytorch
 
 
@@ -54,19 +56,6 @@ def config_from_reference(ref, vision_kwargs: dict) -> FlamingoConfig:
     )
 
 
-def _split_kv(conv: StateDictConverter, src: str, dst: str) -> None:
-    k, v = conv.take(f"{src}.to_kv.weight").chunk(2, dim=0)
-    conv.move(f"{src}.to_q.weight", f"{dst}.q_proj.weight")
-    conv.put(f"{dst}.k_proj.weight", k)
-    conv.put(f"{dst}.v_proj.weight", v)
-    conv.move(f"{src}.to_out.weight", f"{dst}.o_proj.weight")
-
-
-def _move_layernorm(conv, src, dst):
-    conv.move(f"{src}.weight", f"{dst}.weight")
-    conv.move(f"{src}.bias", f"{dst}.bias")
-
-
 def convert_state_dict(conv: StateDictConverter, ref, config: FlamingoConfig) -> None:
     """Map every `FlamingoPaLM` tensor (except the ViT's, see `convert_vit_pytorch`) onto hf_mm names."""
     text = config.text_config
@@ -77,26 +66,11 @@ def convert_state_dict(conv: StateDictConverter, ref, config: FlamingoConfig) ->
         conv.move("video_frame_pos_emb", "model.perceiver.frame_position_embedding")
     conv.move("perceiver_resampler.latents", "model.perceiver.latents")
     conv.move("perceiver_resampler.media_pos_emb", "model.perceiver.media_position_embedding", lambda t: t[:, 0])
-    _move_layernorm(conv, "perceiver_resampler.norm", "model.perceiver.norm")
-    for i in range(config.perceiver_config.num_hidden_layers):
-        src, dst = f"perceiver_resampler.layers.{i}", f"model.perceiver.layers.{i}"
-        _move_layernorm(conv, f"{src}.0.norm_media", f"{dst}.norm_media")
-        _move_layernorm(conv, f"{src}.0.norm_latents", f"{dst}.norm_latents")
-        _split_kv(conv, f"{src}.0", f"{dst}.attn")
-        _move_layernorm(conv, f"{src}.1.0", f"{dst}.norm_ff")
-        conv.move(f"{src}.1.1.weight", f"{dst}.mlp.fc1.weight")
-        conv.move(f"{src}.1.3.weight", f"{dst}.mlp.fc2.weight")
+    convert_perceiver_layers(conv, "perceiver_resampler", "model.perceiver", config.perceiver_config.num_hidden_layers)
     for i in range(text.num_hidden_layers):
         convert_parallel_block(conv, f"layers.{i}.0.fn", f"model.layers.{i}", text.num_attention_heads, text.head_dim)
     for i in config.cross_attention_layer_ids():
-        src, dst = f"layers.{i}.1", f"model.cross_attn_layers.{i}"
-        conv.move(f"{src}.attn_gate", f"{dst}.attn_gate")
-        conv.move(f"{src}.ff_gate", f"{dst}.ff_gate")
-        _move_layernorm(conv, f"{src}.attn.norm", f"{dst}.norm1")
-        _split_kv(conv, f"{src}.attn", f"{dst}.attn")
-        _move_layernorm(conv, f"{src}.ff.0", f"{dst}.norm2")
-        conv.move(f"{src}.ff.1.weight", f"{dst}.mlp.fc1.weight")
-        conv.move(f"{src}.ff.3.weight", f"{dst}.mlp.fc2.weight")
+        convert_gated_cross_attention(conv, f"layers.{i}.1", f"model.cross_attn_layers.{i}")
 
 
 def convert(reference_model, state_dict: dict | None = None) -> FlamingoForConditionalGeneration:

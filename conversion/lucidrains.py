@@ -1,10 +1,11 @@
-"""Key mapping for building blocks that several lucidrains libraries share (coca-pytorch, flamingo-pytorch)."""
+"""Key mapping for building blocks that several lucidrains libraries share (coca-pytorch, flamingo-pytorch; OpenFlamingo
+reuses flamingo-pytorch's perceiver and gated cross-attention)."""
 
 import torch
 
 from hf_mm.layers.rotary import RotaryEmbedding
 
-from .common import StateDictConverter
+from .common import StateDictConverter, move_layernorm
 
 
 def convert_bias_free_layernorm(conv: StateDictConverter, src: str, dst: str) -> None:
@@ -27,12 +28,6 @@ def convert_parallel_block(conv: StateDictConverter, src: str, dst: str, heads: 
     conv.put(f"{dst}.mlp.fc1.weight", ff)
     conv.move(f"{src}.attn_out.weight", f"{dst}.attn.o_proj.weight")
     conv.move(f"{src}.ff_out.1.weight", f"{dst}.mlp.fc2.weight")
-
-
-def move_layernorm(conv: StateDictConverter, src: str, dst: str) -> None:
-    """`nn.LayerNorm` weight and bias."""
-    conv.move(f"{src}.weight", f"{dst}.weight")
-    conv.move(f"{src}.bias", f"{dst}.bias")
 
 
 def convert_fused_kv_attention(conv: StateDictConverter, src: str, dst: str) -> None:

@@ -22,7 +22,9 @@ from hf_mm.models.coca import CocaConfig, CocaModel
 
 from .common import (
     Conversion, StateDictConverter, convert_from_reference, library_version, load_tokenizer, max_abs_diff,
+    move_layernorm,
 )
+from .open_clip_blocks import convert_multihead_attention, convert_residual_block, convert_vision_transformer
 
 
 def _act(block) -> str:
@@ -69,41 +71,6 @@ def build_config(ref, **overrides) -> CocaConfig:
     return CocaConfig(**cfg)
 
 
-def _convert_mha(conv, src, dst, packed: bool):
-    """nn.MultiheadAttention -> Attention (q/k/v/o projections)."""
-    if packed:
-        for name, tensor in zip("qkv", conv.take(f"{src}.in_proj_weight").chunk(3)):
-            conv.put(f"{dst}.{name}_proj.weight", tensor)
-    else:
-        for name in "qkv":
-            conv.move(f"{src}.{name}_proj_weight", f"{dst}.{name}_proj.weight")
-    for name, tensor in zip("qkv", conv.take(f"{src}.in_proj_bias").chunk(3)):
-        conv.put(f"{dst}.{name}_proj.bias", tensor)
-    conv.move(f"{src}.out_proj.weight", f"{dst}.o_proj.weight")
-    conv.move(f"{src}.out_proj.bias", f"{dst}.o_proj.bias")
-
-
-def _convert_norm(conv, src, dst):
-    conv.move(f"{src}.weight", f"{dst}.weight")
-    conv.move(f"{src}.bias", f"{dst}.bias")
-
-
-def _convert_block(conv, src, dst):
-    """open_clip `ResidualAttentionBlock` -> `TransformerBlock` (self- or cross-attention)."""
-    _convert_norm(conv, f"{src}.ln_1", f"{dst}.norm1")
-    if conv.has(f"{src}.ln_1_kv.weight"):
-        _convert_norm(conv, f"{src}.ln_1_kv", f"{dst}.norm_context")
-    _convert_mha(conv, f"{src}.attn", f"{dst}.attn", packed=True)
-    _convert_norm(conv, f"{src}.ln_2", f"{dst}.norm2")
-    conv.move(f"{src}.mlp.c_fc.weight", f"{dst}.mlp.fc1.weight")
-    conv.move(f"{src}.mlp.c_fc.bias", f"{dst}.mlp.fc1.bias")
-    conv.move(f"{src}.mlp.c_proj.weight", f"{dst}.mlp.fc2.weight")
-    conv.move(f"{src}.mlp.c_proj.bias", f"{dst}.mlp.fc2.bias")
-    for i in (1, 2):
-        if conv.has(f"{src}.ls_{i}.gamma"):
-            conv.move(f"{src}.ls_{i}.gamma", f"{dst}.ls{i}.gamma")
-
-
 def convert_state_dict(conv: StateDictConverter, config: CocaConfig) -> None:
     t = config.text_config
     conv.move("logit_scale", "logit_scale.logit_scale", lambda x: x.reshape(()))
@@ -112,32 +79,26 @@ def convert_state_dict(conv: StateDictConverter, config: CocaConfig) -> None:
     conv.move("text.cls_emb", "text_model.cls_embedding")
     conv.move("text.positional_embedding", "text_model.position_embedding")
     for i in range(t.num_hidden_layers):
-        _convert_block(conv, f"text.transformer.resblocks.{i}", f"text_model.layers.{i}")
-    _convert_norm(conv, "text.ln_final", "text_model.cls_norm")
+        convert_residual_block(conv, f"text.transformer.resblocks.{i}", f"text_model.layers.{i}")
+    move_layernorm(conv, "text.ln_final", "text_model.cls_norm")
     conv.move("text.text_projection", "text_projection.weight", lambda p: p.t())
     # vision tower
-    conv.move("visual.conv1.weight", "vision_model.patch_embedding.proj.weight")
-    conv.move("visual.class_embedding", "vision_model.class_embedding")
-    conv.move("visual.positional_embedding", "vision_model.position_embedding")
-    if config.vision_config.pre_norm:
-        _convert_norm(conv, "visual.ln_pre", "vision_model.pre_norm")
-    for i in range(config.vision_config.num_hidden_layers):
-        _convert_block(conv, f"visual.transformer.resblocks.{i}", f"vision_model.layers.{i}")
+    convert_vision_transformer(conv, "visual", "vision_model", config.vision_config)
     if config.attn_pooler_queries:
         conv.move("visual.attn_pool.query", "attn_pool.query")
-        _convert_mha(conv, "visual.attn_pool.attn", "attn_pool.attn",
-                     packed=conv.has("visual.attn_pool.attn.in_proj_weight"))
-        _convert_norm(conv, "visual.attn_pool.ln_q", "attn_pool.norm_query")
-        _convert_norm(conv, "visual.attn_pool.ln_k", "attn_pool.norm_context")
-        _convert_norm(conv, "visual.ln_post", "pooler_norm")
+        convert_multihead_attention(conv, "visual.attn_pool.attn", "attn_pool.attn",
+                                    packed=conv.has("visual.attn_pool.attn.in_proj_weight"))
+        move_layernorm(conv, "visual.attn_pool.ln_q", "attn_pool.norm_query")
+        move_layernorm(conv, "visual.attn_pool.ln_k", "attn_pool.norm_context")
+        move_layernorm(conv, "visual.ln_post", "pooler_norm")
     else:
-        _convert_norm(conv, "visual.ln_post", "vision_model.final_norm")
+        move_layernorm(conv, "visual.ln_post", "vision_model.final_norm")
     conv.move("visual.proj", "visual_projection.weight", lambda p: p.t())
     # multimodal decoder
     for i in range(config.multimodal_config.num_hidden_layers):
-        _convert_block(conv, f"text_decoder.resblocks.{i}", f"decoder_layers.{i}.self_block")
-        _convert_block(conv, f"text_decoder.cross_attn.{i}", f"decoder_layers.{i}.cross_block")
-    _convert_norm(conv, "text_decoder.ln_final", "decoder_norm")
+        convert_residual_block(conv, f"text_decoder.resblocks.{i}", f"decoder_layers.{i}.self_block")
+        convert_residual_block(conv, f"text_decoder.cross_attn.{i}", f"decoder_layers.{i}.cross_block")
+    move_layernorm(conv, "text_decoder.ln_final", "decoder_norm")
     conv.move("text_decoder.text_projection", "lm_head.weight", lambda p: p.t())
 
 

@@ -28,9 +28,9 @@ import torch
 from hf_mm.models.flamingo import FlamingoConfig, FlamingoForConditionalGeneration
 from hf_mm.models.flamingo.language_model import find_decoder_layers
 
-from .common import StateDictConverter, UnmappedTensorsError, max_abs_diff
-from .lucidrains import convert_gated_cross_attention, convert_perceiver_layers, move_layernorm
-from .open_clip_coca import _convert_block
+from .common import StateDictConverter, UnmappedTensorsError, max_abs_diff, move_layernorm
+from .lucidrains import convert_gated_cross_attention, convert_perceiver_layers
+from .open_clip_blocks import convert_vision_transformer
 
 MEDIA_TOKEN, EOC_TOKEN, PAD_TOKEN = "<image>", "<|endofchunk|>", "<PAD>"
 _XATTN_KEY = re.compile(r"lang_encoder\.(?P<path>.+)\.(?P<i>\d+)\.gated_cross_attn_layer\.attn_gate")
@@ -131,13 +131,7 @@ def build_config(state_dict: dict, text_config, media_token_id: int, eoc_token_i
 def convert_vision(conv: StateDictConverter, config: FlamingoConfig) -> list[str]:
     """open_clip tower -> `model.vision_model`; returns the tensors OpenFlamingo's forward never reads."""
     s, d = "vision_encoder", "model.vision_model"
-    conv.move(f"{s}.conv1.weight", f"{d}.patch_embedding.proj.weight")
-    conv.move(f"{s}.class_embedding", f"{d}.class_embedding")
-    conv.move(f"{s}.positional_embedding", f"{d}.position_embedding")
-    if config.vision_config.pre_norm:
-        move_layernorm(conv, f"{s}.ln_pre", f"{d}.pre_norm")
-    for i in range(config.vision_config.num_hidden_layers):
-        _convert_block(conv, f"{s}.transformer.resblocks.{i}", f"{d}.layers.{i}")
+    convert_vision_transformer(conv, s, d, config.vision_config)
     unused = [f"{s}.proj"] if conv.has(f"{s}.proj") else []  # projects the pooled class token only
     if config.vision_config.final_norm:
         move_layernorm(conv, f"{s}.ln_post", f"{d}.final_norm")
