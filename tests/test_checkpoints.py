@@ -155,7 +155,8 @@ def test_wrong_shape_is_an_error_naming_key_and_shapes(saved, family, tmp_path):
     folder = edited_copy(folder, tmp_path, reshape)
     key, shape = changed[0]
     bigger = (shape[0] + 1, shape[1])
-    with pytest.raises(CheckpointMismatchError, match="wrong shapes: .*" + re.escape(f"{key} (checkpoint {bigger} vs model {shape})")):
+    expected = "wrong shapes: .*" + re.escape(f"{key} (checkpoint {bigger} vs model {shape})")
+    with pytest.raises(CheckpointMismatchError, match=expected):
         type(model).from_pretrained(folder)
     with pytest.raises(ValueError, match="ignore_mismatched_sizes=True re-initialises"):
         type(model).from_pretrained(folder, ignore_mismatched_sizes=True)

@@ -113,8 +113,8 @@ CASES = [
      TypeError, [r"pixel_values", r"floating-point tensor"]),
     ("coca-pixels-nan", lambda: forward("coca", pixel_values=with_value(pixels("coca"), float("nan"), (1, 2, 3, 4))),
      ValueError, [r"pixel_values", r"1 NaN", r"finite"]),
-    ("coca-pixels-inf", lambda: forward("coca", pixel_values=with_value(pixels("coca"), float("inf"), (0, 0, 0, 0))), ValueError,
-     [r"pixel_values", r"1 infinite", r"finite"]),
+    ("coca-pixels-inf", lambda: forward("coca", pixel_values=with_value(pixels("coca"), float("inf"), (0, 0, 0, 0))),
+     ValueError, [r"pixel_values", r"1 infinite", r"finite"]),
     ("coca-image-embeds-width", lambda: forward("coca_lucidrains", image_embeds=torch.randn(2, 5, 23)), ValueError,
      [r"image_embeds", r"\(batch, num_image_tokens, 24\)", r"image_embed_dim"]),
     ("coca-image-embeds-nan", lambda: forward("coca_lucidrains", image_embeds=torch.full((2, 5, 24), float("nan"))),
@@ -324,7 +324,8 @@ def test_processor_resizes_odd_images_to_the_model_size(family, height, width, m
 
 
 def test_flamingo_processor_odd_images_and_left_padding_work():
-    batch = P("flamingo")(text=["<image> a red circle", "a"], images=[[tm.pil_image(7, 40)], [tm.pil_image(50, 9, "L")]])
+    images = [[tm.pil_image(7, 40)], [tm.pil_image(50, 9, "L")]]
+    batch = P("flamingo")(text=["<image> a red circle", "a"], images=images)
     assert tuple(batch["pixel_values"].shape) == (2, 1, 3, 16, 16)
     assert batch["input_ids"][1, 0] == 0 and batch["attention_mask"][1, 0] == 0  # left padding
     assert ((batch["input_ids"] == 3).sum(-1) == 1).all()  # a media token was prepended to the second prompt

@@ -15,7 +15,8 @@ def describe(value) -> str:
 
 
 def is_integer_tensor(value) -> bool:
-    return torch.is_tensor(value) and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
+    return (torch.is_tensor(value) and not value.is_floating_point() and not value.is_complex()
+            and value.dtype != torch.bool)
 
 
 def resolve_head_dim(hidden_size: int, num_heads: int, head_dim: int | None, prefix: str) -> int:
@@ -45,7 +46,9 @@ def check_token_ids(
     """`input_ids (batch, sequence_length)`: an integer tensor, non-empty, ids in `[0, vocab_size)` and at most
     `max_length` tokens (cached ones included)."""
     if not is_integer_tensor(input_ids):
-        raise TypeError(f"{name} must be an integer tensor of shape (batch, sequence_length), got {describe(input_ids)}")
+        raise TypeError(
+            f"{name} must be an integer tensor of shape (batch, sequence_length), got {describe(input_ids)}"
+        )
     if input_ids.ndim != 2:
         raise ValueError(f"{name} must have shape (batch, sequence_length), got {tuple(input_ids.shape)}")
     if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
