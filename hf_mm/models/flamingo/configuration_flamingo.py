@@ -224,6 +224,15 @@ class FlamingoConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be in [0, {text.vocab_size}) (text_config.vocab_size), got {value}")
         vision.validate_architecture()
 
+    def generation_suppressed_token_ids(self) -> list[int]:
+        """Token ids `generate()` never emits unless told otherwise (the default `generation_config.suppress_tokens`):
+        the media token, which would attend to no image (a generated `<image>` gets none in hf_mm; OpenFlamingo points
+        it at the first image), and the text pad token, which training never predicts, unless it also ends a
+        sequence (`eos_token_id` / `eoc_token_id`)."""
+        eos, pad = self.text_config.eos_token_id, self.text_config.pad_token_id
+        keep_pad = {None, self.media_token_id, self.eoc_token_id, *(eos if isinstance(eos, list) else [eos])}
+        return [self.media_token_id] + ([] if pad in keep_pad else [pad])
+
     def cross_attention_layer_ids(self) -> list[int]:
         """Decoder layers with a gated cross-attention block: after `0, k, 2k, ...` (lucidrains) or before
         `k-1, 2k-1, ...` (OpenFlamingo: `(i + 1) % k == 0`)."""

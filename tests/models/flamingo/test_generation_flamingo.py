@@ -4,6 +4,8 @@ import pytest
 import torch
 from transformers import TextIteratorStreamer
 
+import tiny_models
+
 from .helpers import tiny_model
 
 MEDIA = 3
@@ -91,14 +93,15 @@ def test_new_tokens_attend_latest_media(model):
     px2 = px.clone()
     px2[:, 1] = _px(1, 1, seed=9)[:, 0]
     out1 = model.generate(input_ids=ids, pixel_values=px, max_new_tokens=3, do_sample=False,
-                          output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+                          output_logits=True, return_dict_in_generate=True, pad_token_id=0)
     out2 = model.generate(input_ids=ids, pixel_values=px2, max_new_tokens=3, do_sample=False,
-                          output_scores=True, return_dict_in_generate=True, pad_token_id=0)
-    assert not torch.allclose(out1.scores[1], out2.scores[1])
-    # the step logits equal a full recompute over the whole sequence (growing media_time, not a stale mask)
+                          output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+    assert not torch.allclose(out1.logits[1], out2.logits[1])
+    # the raw step logits (before the default suppression of <image> / pad) equal a full recompute over the whole
+    # sequence (growing media_time, not a stale mask)
     full = model(input_ids=out1.sequences, pixel_values=px).logits
-    for step, scores in enumerate(out1.scores):
-        torch.testing.assert_close(scores, full[:, 7 + step], atol=1e-5, rtol=1e-5)
+    for step, logits in enumerate(out1.logits):
+        torch.testing.assert_close(logits, full[:, 7 + step], atol=1e-5, rtol=1e-5)
 
 
 def test_text_to_media_mask():
@@ -164,3 +167,55 @@ def test_streamer_receives_every_token(model):
 def test_text_only_generate(model):
     kw = dict(input_ids=_ids(2, 6, []), do_sample=False)
     assert torch.equal(_gen(model, **kw), _gen(model, use_cache=False, **kw))
+
+
+@pytest.mark.parametrize("family", ["flamingo", "open_flamingo"])
+def test_media_and_pad_tokens_are_suppressed_by_default(family, tmp_path):
+    """A head that strongly prefers `<image>`, then the pad token: by default generate() emits neither (before and
+    after save -> from_pretrained, cached == uncached); a user can allow them per call or in the saved config."""
+    from transformers import AutoModelForImageTextToText
+
+    model = tiny_models.build(family)
+    cfg = model.config
+    media, pad = cfg.media_token_id, cfg.text_config.pad_token_id
+    assert model.generation_config.suppress_tokens == [media, pad] == cfg.generation_suppressed_token_ids()
+    prefer = torch.zeros(cfg.text_config.vocab_size)
+    prefer[media], prefer[pad] = 100.0, 50.0
+
+    def generated(m, **kw):
+        hook = m.lm_head.register_forward_hook(lambda module, args, logits: logits + prefer)
+        try:
+            prompt = tiny_models.generate_inputs(family, m)
+            return m.generate(**prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False, eos_token_id=None,
+                              **kw)[:, prompt["input_ids"].shape[1]:]
+        finally:
+            hook.remove()
+
+    new = generated(model)
+    assert not torch.isin(new, torch.tensor([media, pad])).any()
+    assert torch.equal(new, generated(model, use_cache=False))
+    assert torch.equal(generated(model, num_beams=2), generated(model, num_beams=2, use_cache=False))
+    assert (generated(model, suppress_tokens=[]) == media).all()  # the head's choice, when nothing is suppressed
+    assert (generated(model, suppress_tokens=None) == media).all()
+    assert (generated(model, suppress_tokens=[media]) == pad).all()
+
+    model.save_pretrained(tmp_path / "default")
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "default").eval()
+    assert reloaded.generation_config.suppress_tokens == [media, pad]
+    assert torch.equal(generated(reloaded), new)
+    (tmp_path / "default" / "generation_config.json").unlink()  # a folder saved without it: the same default
+    assert AutoModelForImageTextToText.from_pretrained(tmp_path / "default").generation_config.suppress_tokens == [
+        media, pad]
+    model.generation_config.suppress_tokens = []  # persistently suppress nothing
+    model.save_pretrained(tmp_path / "allowed")
+    allowed = AutoModelForImageTextToText.from_pretrained(tmp_path / "allowed").eval()
+    assert allowed.generation_config.suppress_tokens == [] and (generated(allowed) == media).all()
+
+
+@pytest.mark.parametrize("family", ["flamingo", "open_flamingo"])
+def test_pad_token_that_ends_sequences_is_not_suppressed(family):
+    """Suppressing a pad token that is also the eos / `<|endofchunk|>` token would keep generation from ending."""
+    cfg = tiny_models.CONFIGS[family]()
+    for pad in (cfg.text_config.eos_token_id, cfg.eoc_token_id, None):
+        cfg.text_config.pad_token_id = pad
+        assert cfg.generation_suppressed_token_ids() == [cfg.media_token_id], pad

@@ -37,8 +37,8 @@ def test_files_to_model_and_processor(tmp_path):
     inputs = processor(text=prompts, images=[[_image(0), _image(1)], [_image(2), _image(3)]])
     assert inputs["pixel_values"].shape == (2, 2, 3, 32, 32)
     assert inputs["input_ids"][0].tolist() == [0, MEDIA, 5, 6, EOC, MEDIA, 7]  # left padding
-    generated = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False,
-                               suppress_tokens=[MEDIA])
+    assert model.generation_config.suppress_tokens == [MEDIA]  # saved; the LM config has no pad token
+    generated = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     with torch.no_grad():
         expected = ref.generate(inputs["pixel_values"][:, :, None], inputs["input_ids"],
                                 attention_mask=inputs["attention_mask"], max_new_tokens=4, min_new_tokens=4,

@@ -41,8 +41,7 @@ def _px(batch=2, num_media=2, seed=1):
 
 
 def _gen(model, **kw):
-    return model.generate(max_new_tokens=4, min_new_tokens=4, eos_token_id=None, pad_token_id=0,
-                          suppress_tokens=[MEDIA], **kw)
+    return model.generate(max_new_tokens=4, min_new_tokens=4, eos_token_id=None, pad_token_id=0, **kw)
 
 
 def test_open_flamingo_defaults_and_layer_discovery(model):
@@ -85,7 +84,7 @@ def test_cached_generate_equals_uncached_few_shot_left_padded(model, num_beams):
         for _ in range(4):
             logits = model(input_ids=seq, attention_mask=m, pixel_values=_px(), use_cache=False,
                            position_ids=(m.cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
-            logits[:, MEDIA] = -float("inf")
+            logits[:, model.generation_config.suppress_tokens] = -float("inf")  # the default: <image> (and pad)
             seq, m = torch.cat((seq, logits.argmax(-1, keepdim=True)), 1), torch.cat((m, torch.ones_like(m[:, :1])), 1)
         assert torch.equal(cached, seq)
 
