@@ -84,7 +84,8 @@ def run(tiny: bool, repeats: int, warmup: int) -> list[Result]:
 
     def ours():
         return model.generate(input_ids=prompt, pixel_values=images, max_new_tokens=n, min_new_tokens=n,
-                              do_sample=False, num_beams=1, pad_token_id=0, eos_token_id=None)
+                              do_sample=False, num_beams=1, pad_token_id=0, eos_token_id=None,
+                              suppress_tokens=[])  # plain argmax as the reference (hf_mm's default drops <image>/pad)
 
     expected = reference_greedy(ref, prompt, images, n)
     verified = check_tokens(expected, ours(), "Flamingo greedy")
