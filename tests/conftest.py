@@ -10,6 +10,7 @@
 import os
 import sys
 
+import pytest
 import torch
 
 _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -24,3 +25,13 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 # The stand-in packages are not tests; never collect anything from them.
 collect_ignore = ["reference_stubs"]
+
+
+@pytest.fixture
+def single_threaded_torch():
+    """One intra-op thread for the test, then the suite's count again: for many tiny sequential steps (intra-op
+    threading only adds synchronisation) and for tests that start their own Python threads (oversubscription)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

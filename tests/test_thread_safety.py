@@ -11,13 +11,8 @@ import tiny_models as tm
 THREADS, CALLS = 4, 2
 
 
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    """4 Python threads on a 2-core box: intra-op threads would only oversubscribe it."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# 4 Python threads on a 2-core box: intra-op threads would only oversubscribe it.
+pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 
 
 def job_inputs(family: str, model, job: int) -> dict:

@@ -1,14 +1,10 @@
 """DALL-E test setup: the tiny models run dozens of small sequential decode steps, where intra-op threading
 only adds synchronisation overhead (10x slower on the shared 2-core CI box), so each test runs single-threaded
-and restores the suite's thread count afterwards."""
+(`single_threaded_torch` in tests/conftest.py)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def single_threaded_torch():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _dalle_single_threaded(single_threaded_torch):
     yield
-    torch.set_num_threads(previous)
