@@ -24,6 +24,8 @@ import copy
 
 import torch
 
+from conversion.open_clip_coca import convert
+
 from .common import Result, check_tokens, interleaved_times, log, median, require_reference, seeded_randn
 
 FULL = dict(model="coca_ViT-B-32", batch=4, new_tokens=(20, 60), beams=6)
@@ -39,8 +41,6 @@ TINY_OPEN_CLIP = dict(
 
 def build_pair(tiny: bool, seed: int = 0):
     """A random open_clip CoCa (its uninitialised decoder projection filled in) and its hf_mm conversion."""
-    from conversion.open_clip_coca import convert
-
     open_clip = require_reference("open_clip")
     torch.manual_seed(seed)
     if tiny:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from conversion.dalle_pytorch import convert_dalle, dalle_config_from_kwargs
+
 from .common import Result, check_tokens, interleaved_times, median, require_reference, seeded_randint
 
 FULL = dict(
@@ -28,8 +30,6 @@ TINY = dict(
 
 
 def build_pair(cfg: dict, seed: int = 0):
-    from conversion.dalle_pytorch import convert_dalle, dalle_config_from_kwargs
-
     dalle_pytorch = require_reference("dalle_pytorch")
     torch.manual_seed(seed)
     vae = dalle_pytorch.DiscreteVAE(**cfg["vae"])

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from conversion.flamingo_pytorch import build_reference, convert
+
 from .common import Result, check_tokens, interleaved_times, median, require_reference, seeded_randint, seeded_randn
 
 # 256 media tokens: the perceiver resamples each image into 256 latents that the text cross-attends to
@@ -32,8 +34,6 @@ TINY = dict(
 def build_pair(arch: dict, seed: int = 0):
     """A random FlamingoPaLM (tanh gates opened: zero gates would skip the cross-attention) and its conversion."""
     require_reference("flamingo_pytorch")
-    from conversion.flamingo_pytorch import build_reference, convert
-
     torch.manual_seed(seed)
     ref = build_reference(arch).eval()
     with torch.no_grad():

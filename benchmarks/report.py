@@ -99,12 +99,19 @@ def load(path: Path) -> tuple[list[Result], dict, dict]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="re-render results.md and speedups.png from a results.json")
-    parser.add_argument("results_json")
+    parser = argparse.ArgumentParser(
+        description="re-render results.md and speedups.png from results.json files (several: merged, in order)")
+    parser.add_argument("results_json", nargs="+")
+    parser.add_argument("--output-dir", help="default: the folder of the first results.json")
     args = parser.parse_args(argv)
-    path = Path(args.results_json)
-    results, env, settings = load(path)
-    write(results, env, settings, path.parent)
+    results, env, settings = load(Path(args.results_json[0]))
+    for extra in args.results_json[1:]:
+        more, more_env, more_settings = load(Path(extra))
+        results += more
+        settings = {**settings, "benchmarks": settings["benchmarks"] + more_settings["benchmarks"],
+                    "durations_s": {**settings.get("durations_s", {}), **more_settings.get("durations_s", {})},
+                    "merged_runs": settings.get("merged_runs", [env]) + [more_env]}
+    write(results, env, settings, Path(args.output_dir or Path(args.results_json[0]).parent))
 
 
 if __name__ == "__main__":

@@ -59,19 +59,25 @@ def main(argv=None) -> dict:
     }
     results, durations = [], {}
     start = time.perf_counter()
+    failures = {}
     for name in args.only:
         began = time.perf_counter()
         print(f"[benchmarks] {name} ...", file=sys.stderr, flush=True)
         try:
             results += runners[name]()
         except OutputMismatch as err:
-            raise SystemExit(f"[benchmarks] {name}: outputs differ, no timing reported: {err}") from err
+            failures[name] = f"outputs differ, no timing reported: {err}"
+        except Exception as err:  # keep the other benchmarks' results; reported below and in the exit status
+            failures[name] = f"{type(err).__name__}: {err}"
         durations[name] = round(time.perf_counter() - began, 1)
-    settings["durations_s"] = {**durations, "total": round(time.perf_counter() - start, 1)}
-    paths = report.write(results, env, settings, Path(args.output_dir))
+        settings["durations_s"] = {**durations, "total": round(time.perf_counter() - start, 1)}
+        settings["failures"] = failures
+        paths = report.write(results, env, settings, Path(args.output_dir))  # after each one: nothing is lost
     print(paths["markdown"].read_text())
     print(f"[benchmarks] wrote {', '.join(str(p) for p in paths.values())} in {settings['durations_s']['total']} s",
           file=sys.stderr)
+    if failures:
+        raise SystemExit("[benchmarks] failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
     return {"results": results, "paths": paths, "settings": settings}
 
 

@@ -23,6 +23,10 @@ from pathlib import Path
 
 import torch
 
+from conversion.coca_pytorch import convert as convert_coca_pytorch
+from conversion.open_clip_coca import convert as convert_open_clip
+from hf_mm.models.coca import CocaModel
+
 from .coca_generation import TINY_OPEN_CLIP
 from .common import REPO_ROOT, Result, check_close, interleaved_times, log, median, require_reference, seeded_randint, seeded_randn
 
@@ -62,12 +66,8 @@ def build_coca_pytorch(cfg: dict, seed: int = 0):
 
 def convert_reference(kind: str, ref):
     if kind == "open_clip":
-        from conversion.open_clip_coca import convert
-
-        return convert(ref, bos_token_id=1, eos_token_id=2, **OPEN_CLIP_LOSS_WEIGHTS).train()
-    from conversion.coca_pytorch import convert
-
-    return convert(ref, bos_token_id=1, eos_token_id=2).train()
+        return convert_open_clip(ref, bos_token_id=1, eos_token_id=2, **OPEN_CLIP_LOSS_WEIGHTS).train()
+    return convert_coca_pytorch(ref, bos_token_id=1, eos_token_id=2).train()
 
 
 def inputs(cfg: dict, image_size: int, vocab: int):
@@ -163,8 +163,6 @@ def memory_child(spec: dict) -> dict:
     cfg = TINY if spec["tiny"] else FULL
     side = spec["side"]
     if side == "hf_mm":
-        from hf_mm.models.coca import CocaModel
-
         model = CocaModel.from_pretrained(spec["weights"]).train()
         size = model.config.vision_config.image_size
         vocab = model.config.text_config.vocab_size
