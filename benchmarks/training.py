@@ -7,7 +7,7 @@ gradients compared too before anything is timed. A step is `loss.backward()` the
 
 Peak memory is measured for each side alone in a fresh subprocess (`python -m benchmarks.training
 --memory-child SPEC`), so that one model's allocations never confound the other's: the child builds its model,
-loads the same weights, resets the kernel's peak-RSS counter (`/proc/self/clear_refs` = 5) and reports VmHWM
+loads the same weights (and reads every parameter once, so memory-mapped safetensors are resident), resets the kernel's peak-RSS counter (`/proc/self/clear_refs` = 5) and reports VmHWM
 (peak resident set size) over two training steps, together with the RSS before them (model + inputs).
 """
 
@@ -177,6 +177,10 @@ def memory_child(spec: dict) -> dict:
         else:
             images, text = inputs(cfg, cfg["vit"]["image_size"], ref.token_emb.num_embeddings)
             step = coca_pytorch_step(ref, images, text)
+    module = model if side == "hf_mm" else ref
+    with torch.no_grad():  # page in memory-mapped weights so the baseline holds the whole model on both sides
+        for param in module.parameters():
+            param.sum()
     gc.collect()
     before = _proc_status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -195,6 +199,20 @@ def measure_memory(side: str, weights: str, tiny: bool, threads: int, steps: int
     if proc.returncode != 0:
         raise RuntimeError(f"memory measurement of {side} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def memory_details(kind: str, ref, model, tiny: bool, threads: int) -> dict:
+    """Save both sides' weights, then measure each alone in a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ref_weights = str(Path(tmp) / "reference.pt")
+        torch.save(ref.state_dict(), ref_weights)
+        model.save_pretrained(Path(tmp) / "hf_mm")
+        gc.collect()
+        log(f"peak memory of {kind} and hf_mm, each in a fresh process")
+        out = {"memory_reference": measure_memory(kind, ref_weights, tiny, threads),
+               "memory_hf_mm": measure_memory("hf_mm", str(Path(tmp) / "hf_mm"), tiny, threads)}
+    out["peak_rss_ratio_hf_mm_over_reference"] = out["memory_hf_mm"]["peak_rss_mib"] / out["memory_reference"]["peak_rss_mib"]
+    return out
 
 
 # -- the benchmark ----------------------------------------------------------------------------------
@@ -216,17 +234,9 @@ def run(tiny: bool, repeats: int, warmup: int, threads: int, memory: bool = True
                    "parameters_reference": sum(p.numel() for p in ref.parameters()),
                    "parameters_hf_mm": sum(p.numel() for p in model.parameters())}
         if memory:
-            with tempfile.TemporaryDirectory() as tmp:
-                ref_weights = str(Path(tmp) / "reference.pt")
-                torch.save(ref.state_dict(), ref_weights)
-                model.save_pretrained(Path(tmp) / "hf_mm")
-                del ref, model, ref_step, ours_step
-                gc.collect()
-                log(f"peak memory of {kind} and hf_mm, each in a fresh process")
-                details["memory_reference"] = measure_memory(kind, ref_weights, tiny, threads)
-                details["memory_hf_mm"] = measure_memory("hf_mm", str(Path(tmp) / "hf_mm"), tiny, threads)
-            details["peak_rss_ratio_hf_mm_over_reference"] = (
-                details["memory_hf_mm"]["peak_rss_mib"] / details["memory_reference"]["peak_rss_mib"])
+            del ref_step, ours_step
+            details.update(memory_details(kind, ref, model, tiny, threads))
+            del ref, model
         label = (f"open_clip {cfg['open_clip']}" if kind == "open_clip" and not tiny else
                  "open_clip CoCa (tiny)" if kind == "open_clip" else
                  "coca-pytorch + vit-pytorch ViT-B/32" if not tiny else "coca-pytorch + vit-pytorch ViT (tiny)")
