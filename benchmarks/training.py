@@ -7,8 +7,9 @@ gradients compared too before anything is timed. A step is `loss.backward()` the
 
 Peak memory is measured for each side alone in a fresh subprocess (`python -m benchmarks.training
 --memory-child SPEC`), so that one model's allocations never confound the other's: the child builds its model,
-loads the same weights (and reads every parameter once, so memory-mapped safetensors are resident), resets the kernel's peak-RSS counter (`/proc/self/clear_refs` = 5) and reports VmHWM
-(peak resident set size) over two training steps, together with the RSS before them (model + inputs).
+loads the same weights, reads every parameter once (memory-mapped safetensors become resident), resets the
+kernel's peak-RSS counter (`/proc/self/clear_refs` = 5) and reports VmHWM (peak resident set size) over two
+training steps, together with the RSS before them (model + inputs).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from conversion.open_clip_coca import convert as convert_open_clip
 from hf_mm.models.coca import CocaModel
 
 from .coca_generation import TINY_OPEN_CLIP
-from .common import REPO_ROOT, Result, check_close, interleaved_times, log, median, require_reference, seeded_randint, seeded_randn
+from .common import (REPO_ROOT, Result, check_close, interleaved_times, log, median, require_reference, seeded_randint,
+                     seeded_randn)
 
 FULL = dict(batch=8, text_len=76, open_clip="coca_ViT-B-32",
             coca_pytorch=dict(dim=512, num_tokens=49408, unimodal_depth=12, multimodal_depth=12, dim_head=64, heads=8,
@@ -146,7 +148,8 @@ def verify(kind: str, ref, model, ref_step, ours_step) -> tuple[str, dict]:
         grads[dst] = check_close(g_ref.reshape(g_ours.shape), g_ours, f"{kind} gradient of {dst}", 1e-4 * scale)
     ref.zero_grad(set_to_none=True)
     model.zero_grad(set_to_none=True)
-    return f"loss |diff| {loss_diff:.1e}, {len(grads)} gradients equal", {"loss": float(ref_loss), "gradient_max_abs_diff": grads}
+    checks = {"loss": float(ref_loss), "gradient_max_abs_diff": grads}
+    return f"loss |diff| {loss_diff:.1e}, {len(grads)} gradients equal", checks
 
 
 # -- peak memory in a fresh process ----------------------------------------------------------------
@@ -211,7 +214,8 @@ def memory_details(kind: str, ref, model, tiny: bool, threads: int) -> dict:
         log(f"peak memory of {kind} and hf_mm, each in a fresh process")
         out = {"memory_reference": measure_memory(kind, ref_weights, tiny, threads),
                "memory_hf_mm": measure_memory("hf_mm", str(Path(tmp) / "hf_mm"), tiny, threads)}
-    out["peak_rss_ratio_hf_mm_over_reference"] = out["memory_hf_mm"]["peak_rss_mib"] / out["memory_reference"]["peak_rss_mib"]
+    peaks = out["memory_hf_mm"]["peak_rss_mib"], out["memory_reference"]["peak_rss_mib"]
+    out["peak_rss_ratio_hf_mm_over_reference"] = peaks[0] / peaks[1]
     return out
 
 
