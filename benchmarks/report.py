@@ -22,7 +22,7 @@ def markdown(results: list[Result], env: dict, settings: dict) -> str:
         f"median of {settings['repeats']} interleaved repeats after {settings['warmup']} warm-up"
         + (" (tiny smoke sizes)" if settings["tiny"] else "") + ".",
         "",
-        "| family | workload | reference | reference | hf_mm | speed-up | target | outputs |",
+        "| family | workload | reference | reference time | hf_mm time | speed-up | target | outputs |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:

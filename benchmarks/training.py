@@ -149,7 +149,7 @@ def verify(kind: str, ref, model, ref_step, ours_step) -> tuple[str, dict]:
     ref.zero_grad(set_to_none=True)
     model.zero_grad(set_to_none=True)
     checks = {"loss": float(ref_loss), "gradient_max_abs_diff": grads}
-    return f"loss |diff| {loss_diff:.1e}, {len(grads)} gradients equal", checks
+    return f"loss diff {loss_diff:.1e}, {len(grads)} gradients equal", checks
 
 
 # -- peak memory in a fresh process ----------------------------------------------------------------
