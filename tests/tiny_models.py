@@ -69,19 +69,11 @@ def x_clip_config(**overrides):
 
 
 def flamingo_config(**overrides):
-    from hf_mm.models.flamingo import FlamingoConfig
+    """The Flamingo family tests' tiny PaLM Flamingo, with at most 2 video frames."""
+    from models.flamingo.helpers import tiny_config
 
-    fields = dict(
-        vision_config=dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           head_dim=16, intermediate_size=64, patch_embedding_type="linear", patch_bias=True,
-                           final_norm=True, pre_norm=False, qkv_bias=False),
-        perceiver_config=dict(num_latents=4, num_hidden_layers=1, num_attention_heads=2, head_dim=16,
-                              max_video_frames=2),
-        text_config=dict(vocab_size=40, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, head_dim=16),
-        media_token_id=3, cross_attn_every=2,
-    )
-    fields.update(overrides)
-    return FlamingoConfig(**fields)
+    perceiver = dict(num_latents=4, num_hidden_layers=1, num_attention_heads=2, head_dim=16, max_video_frames=2)
+    return tiny_config(**{"perceiver_config": perceiver, **overrides})
 
 
 def open_flamingo_config(**overrides):
