@@ -1,4 +1,4 @@
-"""`HfMmPreTrainedModel`: the base of every hf_mm model. It adds two guarantees to transformers' PreTrainedModel.
+"""`HfMmPreTrainedModel`: the base of every hf_mm model. It adds these guarantees to transformers' PreTrainedModel.
 
 - Strict loading. transformers' `from_pretrained` loads a checkpoint with missing tensors (they are randomly
   initialised and only a warning is logged), ignores unexpected ones, and reports wrong shapes only in the
@@ -6,6 +6,8 @@
   instead, and a truncated or corrupt safetensors file raises `CheckpointCorruptError` naming the file.
   Tied weights and non-persistent buffers are never reported (transformers rebuilds them). `strict=False`
   restores transformers' lenient behaviour, for deliberate partial loads.
+- A loaded model computes exactly what the same model built in memory computes: weights are re-aligned
+  after loading (`align_tensors`).
 - save -> load -> save writes byte-identical files (sub-configs record their dtype on the first save too).
 - Generation arguments are validated (`max_new_tokens`, `num_beams`, `top_p`, `temperature`, ...) before
   `generate()` runs, with errors naming the argument and the expected range.
@@ -13,7 +15,9 @@
 
 from __future__ import annotations
 
+import torch
 from safetensors import SafetensorError
+from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from .layers.validation import check_generation_config
@@ -43,6 +47,23 @@ def loading_problems(info: dict) -> list[str]:
     return problems
 
 
+def align_tensors(model: nn.Module, alignment: int = 64) -> None:
+    """Copy every parameter and buffer whose data is not `alignment`-byte aligned into a fresh (aligned) tensor.
+
+    Memory-mapped safetensors are only 8-byte aligned, and the few-row kernel of `hf_mm.layers.Linear` sums in
+    an order that depends on the weight's alignment: without this, a loaded model and the same model built in
+    memory would differ in the last bits. Tied parameters stay tied (the shared `Parameter` is updated once).
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            for name, param in module._parameters.items():
+                if param is not None and param.numel() and param.data_ptr() % alignment:
+                    param.data = param.data.clone()
+            for name, buffer in module._buffers.items():
+                if buffer is not None and buffer.numel() and buffer.data_ptr() % alignment:
+                    module._buffers[name] = buffer.clone()
+
+
 class HfMmPreTrainedModel(PreTrainedModel):
     """PreTrainedModel with strict `from_pretrained` and validated `generate()` arguments (see module doc)."""
 
@@ -51,7 +72,9 @@ class HfMmPreTrainedModel(PreTrainedModel):
         """transformers' `from_pretrained`; with `strict=True` (default) any missing, unexpected or mis-shaped
         tensor raises `CheckpointMismatchError` (listing them) instead of leaving random weights."""
         if not strict:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            align_tensors(loaded[0] if isinstance(loaded, tuple) else loaded)
+            return loaded
         if kwargs.pop("ignore_mismatched_sizes", False):
             raise ValueError("ignore_mismatched_sizes=True re-initialises the mis-shaped weights at random; "
                              "pass strict=False as well if that is really intended")
@@ -67,6 +90,7 @@ class HfMmPreTrainedModel(PreTrainedModel):
                 f"cannot read the weights of {pretrained_model_name_or_path}: the safetensors file is truncated "
                 f"or corrupt ({err}); re-download or re-convert it"
             ) from err
+        align_tensors(model)
         problems = loading_problems(info)
         if problems:
             raise CheckpointMismatchError(

@@ -5,6 +5,7 @@ from .blocks import AttentionalPooler, LayerScale, TransformerBlock
 from .contrastive import LogitScale, all_gather_with_grad, contrastive_logits, contrastive_loss
 from .generation import CrossAttentionCacheMixin
 from .initialization import init_shared_layer
+from .linear import Linear
 from .masks import causal_mask, self_attention_mask
 from .mlp import MLP, GatedMLP, get_activation, quick_gelu
 from .norms import LayerNorm
@@ -13,7 +14,7 @@ from .vision import VisionTowerConfig, VisionTransformer
 
 __all__ = [
     "Attention", "AttentionalPooler", "CrossAttentionCacheMixin", "GatedMLP", "LayerNorm", "LayerScale",
-    "LogitScale", "MLP", "RotaryEmbedding", "TransformerBlock", "VisionTowerConfig", "VisionTransformer",
+    "Linear", "LogitScale", "MLP", "RotaryEmbedding", "TransformerBlock", "VisionTowerConfig", "VisionTransformer",
     "all_gather_with_grad", "apply_rotary", "causal_mask", "contrastive_logits", "contrastive_loss",
     "eager_attention_forward", "get_activation", "init_shared_layer", "quick_gelu", "self_attention_mask",
 ]

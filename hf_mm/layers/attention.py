@@ -10,6 +10,7 @@ from torch import nn
 from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .linear import Linear
 from .norms import LayerNorm
 from .rotary import apply_rotary
 
@@ -88,10 +89,10 @@ class Attention(nn.Module):
         self.rotary_interleaved, self.rotate_values = rotary_interleaved, rotate_values
         self.dropout = dropout
         kv_dim = kv_dim or dim
-        self.q_proj = nn.Linear(dim, num_heads * head_dim, bias=qkv_bias)
-        self.k_proj = nn.Linear(kv_dim, num_kv_heads * head_dim, bias=qkv_bias)
-        self.v_proj = nn.Linear(kv_dim, num_kv_heads * head_dim, bias=qkv_bias)
-        self.o_proj = nn.Linear(num_heads * head_dim, dim, bias=out_bias)
+        self.q_proj = Linear(dim, num_heads * head_dim, bias=qkv_bias)
+        self.k_proj = Linear(kv_dim, num_kv_heads * head_dim, bias=qkv_bias)
+        self.v_proj = Linear(kv_dim, num_kv_heads * head_dim, bias=qkv_bias)
+        self.o_proj = Linear(num_heads * head_dim, dim, bias=out_bias)
         # x-clip's `to_out = Linear + LayerNorm`: a norm on the attention output, before the residual
         self.o_norm = LayerNorm(dim, eps=norm_eps, bias=norm_bias) if out_norm else None
 

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import Linear
 from .norms import LayerNorm
 
 
@@ -33,8 +34,8 @@ class MLP(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, act: str = "gelu", bias: bool = True, dropout: float = 0.0):
         super().__init__()
         self.act = get_activation(act)
-        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
-        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+        self.fc1 = Linear(dim, hidden_dim, bias=bias)
+        self.fc2 = Linear(hidden_dim, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,10 +61,10 @@ class GatedMLP(nn.Module):
     ):
         super().__init__()
         self.act = get_activation(act)
-        self.fc1 = nn.Linear(dim, 2 * hidden_dim, bias=bias)
+        self.fc1 = Linear(dim, 2 * hidden_dim, bias=bias)
         self.inner_norm = LayerNorm(hidden_dim, eps=norm_eps, bias=False) if inner_norm else None
         self.dropout = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+        self.fc2 = Linear(hidden_dim, dim, bias=bias)
 
     def gate(self, projected: torch.Tensor) -> torch.Tensor:
         """`(..., 2 * hidden) -> (..., hidden)`: used by parallel blocks that fuse `fc1` with attention."""

@@ -22,6 +22,7 @@ from ...layers import (
     AttentionalPooler,
     CrossAttentionCacheMixin,
     LayerNorm,
+    Linear,
     LogitScale,
     RotaryEmbedding,
     TransformerBlock,
@@ -233,7 +234,7 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
             CocaDecoderLayer(config, n_text + i) for i in range(config.multimodal_config.num_hidden_layers)
         )
         self.decoder_norm = LayerNorm(t.hidden_size, eps=t.layer_norm_eps, bias=t.norm_bias)
-        self.lm_head = nn.Linear(t.hidden_size, t.vocab_size, bias=False)
+        self.lm_head = Linear(t.hidden_size, t.vocab_size, bias=False)
         self.post_init()
 
     # -- embeddings API -------------------------------------------------------------------------------
@@ -391,10 +392,12 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         if bool(((labels < 0) & (labels != -100)).any()) or bool((labels >= vocab).any()):
             raise ValueError(f"labels must lie in [0, {vocab}) (text_config.vocab_size) or be -100 (ignored), got "
                              f"values in [{int(labels.min())}, {int(labels.max())}]")
-        labels = labels[:, 1:]
+        # position i predicts token i + 1 and the last position nothing: shifting the labels (not slicing the
+        # logits) keeps the logits a view, saving a copy of the (b, n - 1, vocab) slice
+        labels = F.pad(labels[:, 1:], (0, 1), value=-100)
         if attention_mask is not None:
-            labels = labels.masked_fill(attention_mask[:, 1:] == 0, -100)
-        return F.cross_entropy(at_least_fp32(logits[:, :-1].flatten(0, 1)), labels.flatten(), ignore_index=-100)
+            labels = labels.masked_fill(F.pad(attention_mask[:, 1:], (0, 1)) == 0, -100)
+        return F.cross_entropy(at_least_fp32(logits.flatten(0, 1)), labels.flatten(), ignore_index=-100)
 
     # -- generation hooks -----------------------------------------------------------------------------
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, pixel_values=None, image_embeds=None,

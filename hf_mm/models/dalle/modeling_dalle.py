@@ -19,7 +19,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import ModelOutput
 
-from hf_mm.layers import LayerNorm, TransformerBlock, init_shared_layer
+from hf_mm.layers import LayerNorm, Linear, TransformerBlock, init_shared_layer
 from hf_mm.layers.validation import check_same_batch, check_token_ids
 from hf_mm.modeling_utils import HfMmPreTrainedModel
 
@@ -161,7 +161,7 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
         dim = config.hidden_size
         self.vae = DiscreteVAEModel(config.vae_config)
         self.vae.requires_grad_(False)  # frozen, as in dalle-pytorch
-        self.lm_head = nn.Linear(dim, config.vocab_size)
+        self.lm_head = Linear(dim, config.vocab_size)
         if not config.share_input_output_emb:
             self.embed_text = nn.Embedding(config.text_vocab_size, dim)
             self.embed_image = nn.Embedding(config.vae_config.num_tokens, dim)

@@ -21,7 +21,7 @@ from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_outputs import ModelOutput
 
 from hf_mm.layers import (
-    CrossAttentionCacheMixin, LayerNorm, RotaryEmbedding, TransformerBlock, VisionTransformer, self_attention_mask,
+    CrossAttentionCacheMixin, LayerNorm, Linear, RotaryEmbedding, TransformerBlock, VisionTransformer, self_attention_mask,
 )
 from hf_mm.layers.validation import check_attention_mask, check_pixel_values, check_same_batch, check_token_ids
 from hf_mm.modeling_utils import HfMmPreTrainedModel
@@ -322,7 +322,7 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
         text = config.text_config
         if config.uses_builtin_text_model:
             self.model = FlamingoModel(config)
-            self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
+            self.lm_head = Linear(text.hidden_size, text.vocab_size, bias=False)
         else:  # the LM's own head (bias and all) on top of its base model
             language_model, self.lm_head = build_language_model(text, with_head=True)
             self.model = FlamingoModel(config, language_model=language_model)
