@@ -173,4 +173,9 @@ def run_training(args, trainer: Trainer) -> dict:
     trainer.save_model(str(out / "final"))  # every rank: it synchronises, rank 0 writes
     if trainer.is_world_process_zero():
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # a gloo group still alive at interpreter exit can abort a rank ("terminate called without an active
+        # exception", SIGABRT) after all the work is done: close it while every rank is still here
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return metrics
