@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -174,8 +175,18 @@ def run_training(args, trainer: Trainer) -> dict:
     if trainer.is_world_process_zero():
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # a gloo group still alive at interpreter exit can abort a rank ("terminate called without an active
-        # exception", SIGABRT) after all the work is done: close it while every rank is still here
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        close_process_group()
     return metrics
+
+
+def close_process_group() -> None:
+    """Shut the gloo process group down while every rank is still here.
+
+    Left to interpreter exit, a rank could abort after all its work was done ("terminate called without an
+    active exception", SIGABRT). Destroying it right after a collective can deadlock instead: gloo's worker
+    threads free finished work items (holding Python tensors) under the GIL, while the group's destructor
+    joins those threads with the GIL held. The pause releases the GIL so the workers finish first.
+    """
+    torch.distributed.barrier()
+    time.sleep(0.2)
+    torch.distributed.destroy_process_group()
