@@ -48,20 +48,28 @@ def loading_problems(info: dict) -> list[str]:
 
 
 def align_tensors(model: nn.Module, alignment: int = 64) -> None:
-    """Copy every parameter and buffer whose data is not `alignment`-byte aligned into a fresh (aligned) tensor.
+    """If any parameter or buffer is not `alignment`-byte aligned, copy every one of them into fresh memory.
 
     Memory-mapped safetensors are only 8-byte aligned, and the few-row kernel of `hf_mm.layers.Linear` sums in
     an order that depends on the weight's alignment: without this, a loaded model and the same model built in
-    memory would differ in the last bits. Tied parameters stay tied (the shared `Parameter` is updated once).
+    memory would differ in the last bits. Copying all tensors (not only the misaligned ones) releases the file
+    mapping, so the weights are resident once rather than once in the mapping and once in the copies.
+    Tied parameters stay tied (a shared `Parameter` is copied once).
     """
+    tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.numel()]
+    if all(t.data_ptr() % alignment == 0 for t in tensors):
+        return
     with torch.no_grad():
         for module in model.modules():
             for name, param in module._parameters.items():
-                if param is not None and param.numel() and param.data_ptr() % alignment:
+                if param is not None and not getattr(param, "_hf_mm_copied", False):
                     param.data = param.data.clone()
+                    param._hf_mm_copied = True
             for name, buffer in module._buffers.items():
-                if buffer is not None and buffer.numel() and buffer.data_ptr() % alignment:
+                if buffer is not None:
                     module._buffers[name] = buffer.clone()
+        for param in model.parameters():
+            del param._hf_mm_copied
 
 
 class HfMmPreTrainedModel(PreTrainedModel):
