@@ -59,17 +59,16 @@ def align_tensors(model: nn.Module, alignment: int = 64) -> None:
     tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.numel()]
     if all(t.data_ptr() % alignment == 0 for t in tensors):
         return
+    copied = set()
     with torch.no_grad():
         for module in model.modules():
-            for name, param in module._parameters.items():
-                if param is not None and not getattr(param, "_hf_mm_copied", False):
+            for param in module._parameters.values():
+                if param is not None and id(param) not in copied:
                     param.data = param.data.clone()
-                    param._hf_mm_copied = True
+                    copied.add(id(param))
             for name, buffer in module._buffers.items():
                 if buffer is not None:
                     module._buffers[name] = buffer.clone()
-        for param in model.parameters():
-            del param._hf_mm_copied
 
 
 class HfMmPreTrainedModel(PreTrainedModel):
