@@ -14,6 +14,9 @@ included) over the whole prefix, and takes the last position's logits.
   comparison uses one group and log-probabilities so the tokens can be checked equal. The per-step work
   (one full-prefix forward over batch x beams rows) is the same.
 
+"Decode only" subtracts each side's own image encoding, timed alone: open_clip encodes the beam-expanded batch
+(`batch x beams` images, as its `_generate_beamsearch` does), hf_mm each image once. The totals are in the JSON.
+
 EOS is suppressed on both sides (open_clip's `MinLengthLogitsProcessor`, transformers' `min_new_tokens`), so
 every run decodes exactly `new_tokens` tokens.
 """
@@ -137,9 +140,9 @@ def run(tiny: bool, repeats: int, warmup: int) -> list[Result]:
                 with torch.no_grad():
                     ref._encode_image(batch_images)
 
-            def ours_encode(batch_images=batch_images):
+            def ours_encode():  # generate() encodes each image once; its beams share it
                 with torch.no_grad():
-                    model.pool_image(model.encode_image_tokens(pixel_values=batch_images))
+                    model.pool_image(model.encode_image_tokens(pixel_values=images))
 
             fns = {"reference": ref_fn, "hf_mm": ours_fn, "reference_encode": ref_encode,
                    "hf_mm_encode": ours_encode, "hf_mm_step": _cache_floor_fn(model, images, 1 + n // 2, rows)}

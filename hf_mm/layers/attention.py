@@ -126,6 +126,12 @@ class Attention(nn.Module):
             cache = self_attention_cache(past_key_values)
             if cache is not None:
                 k, v = cache.update(k, v, self.layer_idx)
+        groups = self._query_rows_per_context(q, k)
+        if groups > 1:  # g query rows share one context (the beams of one image): fold them into the query length
+            q = q.unflatten(0, (-1, groups)).transpose(1, 2).flatten(2, 3)  # (b g) h n d -> b h (g n) d
+            if attention_mask is not None:
+                attention_mask = attention_mask.expand(q.shape[0] * groups, *attention_mask.shape[1:])
+                attention_mask = attention_mask.unflatten(0, (-1, groups)).transpose(1, 2).flatten(2, 3)
         n, m = q.shape[2], k.shape[2]
         if attention_mask is None and self.is_causal and n > 1 and m > n:
             # the sdpa integration would crop keys to n here (correct only for an empty static cache)
@@ -137,8 +143,21 @@ class Attention(nn.Module):
             dropout=self.dropout if self.training else 0.0,
             is_causal=self.is_causal and attention_mask is None,
         )
+        if groups > 1:
+            out = out.unflatten(1, (groups, -1)).flatten(0, 1)  # b (g n) h d -> (b g) n h d
         out = self.o_proj(out.reshape(*hidden_states.shape[:-1], -1))
         return self.o_norm(out) if self.o_norm is not None else out
+
+    def _query_rows_per_context(self, q: torch.Tensor, k: torch.Tensor) -> int:
+        """How many consecutive query rows share one context row: 1, or `g` when cross-attending `b` contexts
+        from `b * g` rows (generate() keeps one image per input for all its beams / returned sequences). Each
+        query row attends independently, so folding the `g` rows into the query length is exact."""
+        if not self.is_cross_attention or q.shape[0] == k.shape[0]:
+            return 1
+        if k.shape[0] == 0 or q.shape[0] % k.shape[0]:
+            raise ValueError(f"cross-attention got {q.shape[0]} text rows for {k.shape[0]} contexts (image "
+                             "tokens); expected one context per row or per group of consecutive rows")
+        return q.shape[0] // k.shape[0]
 
     def context_is_cached(self, past_key_values) -> bool:
         """True when this cross-attention's K/V are already stored in `past_key_values`."""

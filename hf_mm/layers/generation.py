@@ -8,11 +8,27 @@ class CrossAttentionCacheMixin:
     """Makes `generate()` use an `EncoderDecoderCache`: self-attention K/V grow per step, cross-attention
     K/V over the image tokens are projected once (on the prefill step) and reused.
 
+    Beam search and `num_return_sequences` expand every input to `g` rows. The image inputs named in
+    `_per_image_generation_inputs` are *not* expanded: the model gets `sequences_per_image=g`, encodes each
+    image once, projects its cross-attention K/V once, and the `g` rows of an input cross-attend to them
+    together (see `Attention`). Beam search reorders only the self-attention half of the cache: the
+    cross-attention half holds one entry per image, and every beam stays within its input.
+
     Both halves grow lazily, so the model's layer count needs no `num_hidden_layers` bookkeeping.
-    Beam search reorders only the self-attention half: generate() expands the image inputs per beam, so the
-    cross-attention K/V of the `num_beams` rows of one input are identical and a reorder that keeps every beam
-    within its input (always, in beam search) would copy them onto themselves (~all image K/V per step).
     """
+
+    _per_image_generation_inputs: tuple[str, ...] = ()
+
+    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False,
+                                      input_ids=None, **model_kwargs):
+        per_image = {k: model_kwargs.pop(k) for k in self._per_image_generation_inputs if k in model_kwargs}
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+        model_kwargs.update(per_image)
+        if expand_size > 1 and any(v is not None for v in per_image.values()):
+            model_kwargs["sequences_per_image"] = expand_size * model_kwargs.get("sequences_per_image", 1)
+        return input_ids, model_kwargs
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         if (
@@ -20,21 +36,24 @@ class CrossAttentionCacheMixin:
             and generation_config.use_cache is not False
             and generation_config.cache_implementation in (None, "dynamic")
         ):
-            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-            cache.rows_per_input = max(1, generation_config.num_beams or 1)  # rows sharing one image's K/V
-            model_kwargs["past_key_values"] = cache
+            model_kwargs["past_key_values"] = self.new_cache()
             return
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     def _reorder_cache(self, past_key_values, beam_idx: torch.LongTensor):
-        group = getattr(past_key_values, "rows_per_input", None)
-        if not isinstance(past_key_values, EncoderDecoderCache) or not group or len(beam_idx) % group:
+        if not isinstance(past_key_values, EncoderDecoderCache):
             past_key_values.reorder_cache(beam_idx)
             return past_key_values
-        rows = torch.arange(len(beam_idx), device=beam_idx.device)
         past_key_values.self_attention_cache.reorder_cache(beam_idx)
-        if not bool((beam_idx // group == rows // group).all()):  # a row moved to another input: copy its K/V
-            past_key_values.cross_attention_cache.reorder_cache(beam_idx)
+        cross = past_key_values.cross_attention_cache
+        contexts = next((layer.keys.shape[0] for layer in cross.layers if layer.is_initialized and layer.keys.dim() == 4), 0)
+        if contexts == len(beam_idx):
+            cross.reorder_cache(beam_idx)
+        elif contexts:  # one entry per image: valid while every row keeps its image
+            group = len(beam_idx) // contexts
+            rows = torch.arange(len(beam_idx), device=beam_idx.device)
+            if not bool((beam_idx // group == rows // group).all()):
+                raise ValueError("a beam moved to another input; the per-image cross-attention cache cannot follow it")
         return past_key_values
 
     @staticmethod

@@ -139,6 +139,23 @@ def check_same_batch(reference: tuple[str, torch.Tensor], *others: tuple[str, to
                              "expected the same batch size")
 
 
+def check_positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_texts_per_image(texts: tuple[str, torch.Tensor], images: tuple[str, torch.Tensor | None],
+                          sequences_per_image: int) -> None:
+    """Texts come in groups of `sequences_per_image` consecutive rows per image (generate()'s beams)."""
+    check_positive_int(sequences_per_image, "sequences_per_image")
+    if sequences_per_image == 1:
+        return check_same_batch(texts, images)
+    (text_name, text), (image_name, image) = texts, images
+    if image is not None and text.shape[0] != image.shape[0] * sequences_per_image:
+        raise ValueError(f"{text_name} has batch size {text.shape[0]} but {image_name} has {image.shape[0]} with "
+                         f"sequences_per_image={sequences_per_image}; expected {image.shape[0] * sequences_per_image}")
+
+
 def check_generation_config(generation_config) -> None:
     """Reject generation settings that cannot produce a valid sequence (transformers accepts some of them
     silently, e.g. `top_p=1.5`, or fails deep inside, e.g. `num_beams=0`)."""

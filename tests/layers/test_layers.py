@@ -57,6 +57,43 @@ def test_cross_attention_projects_context_once_and_reuses_it():
         attn(q)
 
 
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_rows_sharing_a_context_cross_attend_to_it_like_an_expanded_batch(impl):
+    """b contexts, b * g query rows (g beams per image): same output as repeating each context g times, masks
+    (per row, or broadcast) included; a row count that is not a multiple of the contexts is an error."""
+    torch.manual_seed(0)
+    attn = Attention(_config(impl), 16, 4, 8, num_kv_heads=2, kv_dim=12, is_cross_attention=True, layer_idx=0).eval()
+    b, g, n, m = 2, 3, 4, 5
+    context, x = torch.randn(b, m, 12), torch.randn(b * g, n, 16)
+    mask = torch.rand(b * g, 1, n, m) > 0.3
+    mask[..., 0] = True  # no fully masked row
+    for row_mask in (None, mask, mask[:1]):
+        expanded = attn(x, row_mask, context=context.repeat_interleave(g, dim=0))
+        assert torch.allclose(attn(x, row_mask, context=context), expanded, atol=1e-6)
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    attn(x, context=context, past_key_values=cache)  # K/V stored once per context
+    assert cache.cross_attention_cache.layers[0].keys.shape[0] == b
+    step = torch.randn(b * g, 1, 16)
+    assert torch.allclose(attn(step, past_key_values=cache), attn(step, context=context.repeat_interleave(g, 0)),
+                          atol=1e-6)
+    with pytest.raises(ValueError, match="5 text rows for 2 contexts"):
+        attn(torch.randn(5, n, 16), context=context)
+
+
+def test_beam_reorder_moves_self_attention_rows_and_keeps_per_image_cross_attention():
+    from hf_mm.layers.generation import CrossAttentionCacheMixin
+
+    cache = CrossAttentionCacheMixin.new_cache()
+    self_kv, cross_kv = torch.randn(4, 1, 3, 2), torch.randn(2, 1, 5, 2)  # 2 images x 2 beams
+    cache.self_attention_cache.update(self_kv, self_kv, 0)
+    cache.cross_attention_cache.update(cross_kv, cross_kv, 1)
+    CrossAttentionCacheMixin._reorder_cache(None, cache, torch.tensor([1, 1, 2, 3]))
+    assert torch.equal(cache.self_attention_cache.layers[0].keys, self_kv[[1, 1, 2, 3]])
+    assert torch.equal(cache.cross_attention_cache.layers[1].keys, cross_kv)
+    with pytest.raises(ValueError, match="moved to another input"):
+        CrossAttentionCacheMixin._reorder_cache(None, cache, torch.tensor([2, 1, 2, 3]))
+
+
 def test_masks_combine_padding_and_causality_without_empty_rows():
     real = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]).bool()
     mask = self_attention_mask(real, 4, causal=True)[:, 0]

@@ -33,7 +33,7 @@ from ...layers import (
     self_attention_mask,
 )
 from ...layers.validation import (
-    check_attention_mask, check_embeddings, check_same_batch, check_token_ids,
+    check_attention_mask, check_embeddings, check_positive_int, check_texts_per_image, check_token_ids,
 )
 from ...modeling_utils import HfMmPreTrainedModel
 from .configuration_coca import CocaConfig
@@ -203,6 +203,7 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "text_model.embed_tokens.weight"}
+    _per_image_generation_inputs = ("pixel_values", "image_embeds")  # encoded once per image, not per beam
 
     def __init__(self, config: CocaConfig):
         config.validate_architecture()
@@ -315,6 +316,7 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         past_key_values: Cache | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        sequences_per_image: int = 1,
         **kwargs,
     ) -> CocaOutput:
         """Contrastive + captioning forward.
@@ -323,6 +325,8 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         embeddings and the similarity logits are returned; the decoder runs when image and text batches match.
         With a cache (`use_cache=True` / `past_key_values`, as generate() does) only the caption logits are
         computed, and after the first step the image is not needed again.
+        `sequences_per_image=g` (set by generate() for beams / `num_return_sequences`): the captions come in
+        groups of `g` consecutive rows per image, so `input_ids (b * g, n)` go with images of batch `b`.
         """
         if input_ids is None:
             raise ValueError("input_ids is required (use get_image_features for images alone)")
@@ -336,14 +340,17 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
             return_loss = labels is not None
         if return_loss and use_cache:
             raise ValueError("return_loss / labels cannot be combined with use_cache=True (the loss needs the CLS token)")
+        check_positive_int(sequences_per_image, "sequences_per_image")
+        if return_loss and sequences_per_image != 1:
+            raise ValueError("return_loss / labels need one caption per image (sequences_per_image=1)")
         context_cached = isinstance(past_key_values, EncoderDecoderCache) and bool(past_key_values.is_updated)
 
         image_tokens = pooled = context = None
         if not context_cached or pixel_values is not None or image_embeds is not None:
             image_tokens = self.encode_image_tokens(pixel_values, image_embeds)
-            if return_loss or use_cache:  # captioning / losses pair image i with text i
+            if return_loss or use_cache or sequences_per_image != 1:  # captioning / losses pair images and texts
                 image_name = "pixel_values" if pixel_values is not None else "image_embeds"
-                check_same_batch(("input_ids", input_ids), (image_name, image_tokens))
+                check_texts_per_image(("input_ids", input_ids), (image_name, image_tokens), sequences_per_image)
             pooled, context = self.pool_image(image_tokens)
 
         position_ids = self._position_ids(input_ids, position_ids, past_length)
@@ -358,7 +365,7 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
             scale = self.logit_scale()
             out.logits_per_image, out.logits_per_text = contrastive_logits(out.image_embeds, out.text_embeds, scale)
 
-        if context is None or context.shape[0] == input_ids.shape[0] or context_cached:
+        if context is None or context.shape[0] * sequences_per_image == input_ids.shape[0] or context_cached:
             out.logits = self._decode(tokens, attention_mask, position_ids, context, past_key_values, logits_to_keep)
 
         if return_loss:

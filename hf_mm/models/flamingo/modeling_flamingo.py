@@ -23,7 +23,7 @@ from transformers.modeling_outputs import ModelOutput
 from hf_mm.layers import (
     CrossAttentionCacheMixin, LayerNorm, Linear, RotaryEmbedding, TransformerBlock, VisionTransformer, self_attention_mask,
 )
-from hf_mm.layers.validation import check_attention_mask, check_pixel_values, check_same_batch, check_token_ids
+from hf_mm.layers.validation import check_attention_mask, check_pixel_values, check_texts_per_image, check_token_ids
 from hf_mm.modeling_utils import HfMmPreTrainedModel
 
 from .configuration_flamingo import FlamingoConfig
@@ -199,6 +199,7 @@ class FlamingoModel(FlamingoPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        sequences_per_image: int = 1,
         **kwargs,
     ) -> FlamingoModelOutput:
         """
@@ -207,6 +208,8 @@ class FlamingoModel(FlamingoPreTrainedModel):
             vision-tower outputs; or media_latents (b, t, l, d) perceiver outputs. At most one of them.
         media_time (b, n): index of the latest medium at each position (default: from `input_ids`).
         attention_mask (b, past + n): 1 = real token (left padding).
+        sequences_per_image=g (set by generate() for beams / `num_return_sequences`): the text rows come in groups
+            of `g` consecutive rows per sample of media, i.e. `input_ids (b * g, n)` with media of batch `b`.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids (batch, seq) and inputs_embeds (batch, seq, hidden)")
@@ -225,7 +228,7 @@ class FlamingoModel(FlamingoPreTrainedModel):
         if media_latents is None and (pixel_values is not None or image_embeds is not None):
             media_latents = self.get_media_latents(pixel_values, image_embeds)
         text_input = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
-        check_same_batch(text_input, (given[0] if given else "media_latents", media_latents))
+        check_texts_per_image(text_input, (given[0] if given else "media_latents", media_latents), sequences_per_image)
         check_attention_mask(attention_mask, (b, past_len + n), layout="(batch, past + new tokens)")
         num_media = media_latents.shape[1] if media_latents is not None else self._cached_num_media(past_key_values)
         if media_time is None and num_media:
@@ -315,6 +318,7 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
     """Flamingo with its tied language-model head. `forward(...) -> FlamingoCausalLMOutput (logits (b, n, vocab))`."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _per_image_generation_inputs = ("pixel_values", "image_embeds", "media_latents")  # encoded once, not per beam
 
     def __init__(self, config: FlamingoConfig):
         super().__init__(config)
@@ -383,6 +387,7 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        sequences_per_image: int = 1,
         **kwargs,
     ) -> FlamingoCausalLMOutput:
         """See `FlamingoModel.forward`; `labels (b, n)` give the shifted next-token loss (-100 = ignore)."""
@@ -390,6 +395,7 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
             input_ids=input_ids, pixel_values=pixel_values, image_embeds=image_embeds, media_latents=media_latents,
             media_time=media_time, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            sequences_per_image=sequences_per_image,
         )
         hidden = out.last_hidden_state
         logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)

@@ -89,10 +89,41 @@ def test_image_is_encoded_once_per_call(tiny, monkeypatch):
     forward = tiny.vision_model.forward
     monkeypatch.setattr(tiny.vision_model, "forward", lambda px: calls.append(px.shape[0]) or forward(px))
     tiny.generate(pixel_values=_images(), max_new_tokens=5, num_beams=2)
-    assert calls == [4]  # one call, on the beam-expanded batch
+    assert calls == [2]  # one call, one row per image: the beams share it
+    calls.clear()
+    tiny.generate(pixel_values=_images(), max_new_tokens=5, num_return_sequences=3, do_sample=True)
+    assert calls == [2]
     calls.clear()
     tiny.generate(pixel_values=_images(), max_new_tokens=5, use_cache=False)
     assert calls == [2]
+
+
+def test_beams_share_the_image_cross_attention(tiny, monkeypatch):
+    """Beam rows cross-attend to one K/V entry per image, and get the logits of an explicitly expanded batch."""
+    rows = []
+    attn = tiny.decoder_layers[0].cross_block.attn
+    project = attn.project_key_value
+    monkeypatch.setattr(attn, "project_key_value", lambda ctx: rows.append(ctx.shape[0]) or project(ctx))
+    out = tiny.generate(pixel_values=_images(), max_new_tokens=5, min_new_tokens=5, num_beams=3,
+                        return_dict_in_generate=True)
+    assert rows == [2] and out.past_key_values.cross_attention_cache.layers[attn.layer_idx].keys.shape[0] == 2
+    ids = out.sequences.repeat_interleave(2, dim=0)  # 4 rows, 2 per image
+    px = _images()
+    with torch.no_grad():
+        grouped = tiny(input_ids=ids, pixel_values=px, sequences_per_image=2, use_cache=True).logits
+        expanded = tiny(input_ids=ids, pixel_values=px.repeat_interleave(2, dim=0), use_cache=True).logits
+    assert torch.allclose(grouped, expanded, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True])
+def test_sequences_per_image_is_checked(tiny, bad):
+    with pytest.raises(ValueError, match="sequences_per_image must be an integer >= 1"):
+        tiny(input_ids=torch.ones(2, 3, dtype=torch.long), pixel_values=_images(), sequences_per_image=bad)
+    with pytest.raises(ValueError, match="expected 6"):
+        tiny(input_ids=torch.ones(4, 3, dtype=torch.long), pixel_values=_images(), sequences_per_image=3)
+    with pytest.raises(ValueError, match="one caption per image"):
+        tiny(input_ids=torch.ones(4, 3, dtype=torch.long), pixel_values=_images(), sequences_per_image=2,
+             return_loss=True)
 
 
 def test_cross_attention_kv_projected_once(tiny, monkeypatch):

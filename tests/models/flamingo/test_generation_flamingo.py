@@ -77,6 +77,30 @@ def test_media_encoded_once_per_call(model, monkeypatch):
     assert len(calls) == 3
 
 
+@pytest.mark.parametrize("family", ["flamingo", "open_flamingo"])
+def test_beams_share_the_media(family, monkeypatch):
+    """generate() encodes each sample's media once for all its beams; the beam rows cross-attend to one K/V entry
+    per sample and get the logits of an explicitly expanded batch."""
+    model = tiny_models.build(family)
+    prompt = tiny_models.generate_inputs(family, model)
+    encoded = []
+    original = model.model.get_media_latents
+    monkeypatch.setattr(model.model, "get_media_latents",
+                        lambda px=None, embeds=None: encoded.append(px.shape[0]) or original(px, embeds))
+    out = model.generate(**prompt, max_new_tokens=4, min_new_tokens=4, num_beams=3, do_sample=False,
+                         eos_token_id=None, return_dict_in_generate=True)
+    assert encoded == [2]
+    assert torch.equal(out.sequences, model.generate(**prompt, max_new_tokens=4, min_new_tokens=4, num_beams=3,
+                                                     do_sample=False, eos_token_id=None, use_cache=False))
+    ids, px = out.sequences.repeat_interleave(2, dim=0), prompt["pixel_values"]
+    with torch.no_grad():
+        grouped = model(input_ids=ids, pixel_values=px, sequences_per_image=2).logits
+        expanded = model(input_ids=ids, pixel_values=px.repeat_interleave(2, dim=0)).logits
+    assert torch.allclose(grouped, expanded, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="expected 6"):
+        model(input_ids=ids, pixel_values=px, sequences_per_image=3)
+
+
 def test_cross_attention_kv_projected_once(model, monkeypatch):
     calls = []
     attn = model.model.cross_attn_layers["0"].attn
