@@ -4,6 +4,7 @@ One process:     python -m examples.train_flamingo --output-dir runs/flamingo --
 Two processes:   torchrun --nproc_per_node 2 -m examples.train_flamingo --output-dir runs/flamingo --max-steps 200
 Resume:          ... --resume            (from the last checkpoint in --output-dir)
 Paper recipe:    ... --model DIR --freeze-pretrained   (train only the perceiver and the gated cross-attention)
+OpenFlamingo's:  ... --model DIR --freeze-pretrained --train-input-embeddings   (+ the LM's input embeddings)
 
 Each example is `[BOS] <image> caption [EOS]`; the loss is next-token cross-entropy over the caption and `[EOS]`
 (`labels` are -100 at padding, BOS and the media token). `FlamingoForConditionalGeneration` takes Trainer's
@@ -35,6 +36,8 @@ def parse_args(argv=None):
     parser = training_parser(__doc__)
     parser.add_argument("--freeze-pretrained", action="store_true",
                         help="freeze the vision tower and the language model (paper recipe)")
+    parser.add_argument("--train-input-embeddings", action="store_true",
+                        help="with --freeze-pretrained: keep the LM's input embeddings trainable (OpenFlamingo's recipe)")
     return parser.parse_args(argv)
 
 
@@ -88,7 +91,7 @@ def load_model_and_processor(args):
         processor = caption_processor(caption_vocabulary(), image_size=32)
         model = tiny_flamingo(processor)
     if args.freeze_pretrained:
-        model.freeze_pretrained()
+        model.freeze_pretrained(train_input_embeddings=args.train_input_embeddings)
     return model, processor
 
 

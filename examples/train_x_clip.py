@@ -4,6 +4,7 @@ One process:     python -m examples.train_x_clip --output-dir runs/x_clip --max-
 Two processes:   torchrun --nproc_per_node 2 -m examples.train_x_clip --output-dir runs/x_clip --max-steps 200
 Resume:          ... --resume            (from the last checkpoint in --output-dir)
 x-clip options:  ... --config-overrides '{"use_mlm": true, "decoupled_contrastive_learning": true}'   (from scratch)
+LiT:             ... --model DIR --lit   (locked image tower: it runs without gradients; text tower + projections train)
 
 The loss is x-clip's: `contrastive * (1 - text_ssl_w - image_ssl_w - multiview_w) + mlm * text_ssl_w +
 visual_ssl * image_ssl_w + multiview * multiview_w + sim_reg * sim_reg_w` (weights of the active terms only;
@@ -19,6 +20,7 @@ Without --model, a tiny x-clip is trained from scratch on the synthetic shapes d
 from __future__ import annotations
 
 import json
+from functools import partial
 
 from transformers import AutoModel, AutoProcessor, CLIPImageProcessorPil, Trainer
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -40,6 +42,8 @@ def parse_args(argv=None):
     parser.add_argument("--config-overrides", type=json.loads, default={},
                         help="JSON object of XClipConfig fields for a model from scratch, e.g. '{\"use_mlm\": true}'")
     parser.add_argument("--patch-dropout", type=float, default=0.0, help="vision patch dropout (from scratch)")
+    parser.add_argument("--lit", action="store_true",
+                        help="locked-image tuning: forward(freeze_image_encoder=True), the image tower never changes")
     return parser.parse_args(argv)
 
 
@@ -81,7 +85,9 @@ def load_model_and_processor(args):
 
 
 def build_trainer(args) -> Trainer:
-    return build_common_trainer(args, load_model_and_processor, ImageCaptionCollator, LOSS_WEIGHTS)
+    forward_kwargs = {"freeze_image_encoder": True} if args.lit else None
+    collator = partial(ImageCaptionCollator, forward_kwargs=forward_kwargs)
+    return build_common_trainer(args, load_model_and_processor, collator, LOSS_WEIGHTS)
 
 
 def main(argv=None) -> dict:

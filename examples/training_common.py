@@ -59,14 +59,16 @@ class ImageCaptionCollator:
 
     text_template: how a caption becomes the model's text, e.g. `"{} [EOS]"` (the caption must end in EOS).
     images_per_text: pass `[[image], ...]` (one list per text, Flamingo) instead of `[image, ...]`.
+    forward_kwargs: constant keyword arguments added to every batch, e.g. `{"freeze_image_encoder": True}`.
     """
 
     def __init__(self, processor, image_column: str = "image", text_column: str = "caption",
                  text_template: str = "{}", labels: bool = False, ignore_token_ids: tuple[int, ...] = (),
-                 images_per_text: bool = False):
+                 images_per_text: bool = False, forward_kwargs: dict | None = None):
         self.processor, self.image_column, self.text_column = processor, image_column, text_column
         self.text_template, self.labels, self.ignore_token_ids = text_template, labels, tuple(ignore_token_ids)
         self.images_per_text = images_per_text
+        self.forward_kwargs = dict(forward_kwargs or {})
 
     def __call__(self, rows: list[dict]) -> dict:
         images = [row[self.image_column].convert("RGB") for row in rows]
@@ -80,6 +82,7 @@ class ImageCaptionCollator:
                 labels = labels.masked_fill(batch["input_ids"] == token_id, IGNORE_INDEX)
             batch["labels"] = labels
         batch["return_loss"] = True
+        batch.update(self.forward_kwargs)
         return batch
 
 

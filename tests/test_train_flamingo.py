@@ -61,6 +61,9 @@ def test_freeze_pretrained_trains_only_perceiver_and_cross_attention(tmp_path):
     trainable = {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"perceiver", "cross_attn_layers"}
     assert not model.lm_head.weight.requires_grad and not model.model.embed_tokens.weight.requires_grad
+    args.train_input_embeddings = True
+    model = train_flamingo.build_trainer(args).model
+    assert model.model.embed_tokens.weight.requires_grad
 
 
 def test_torchrun_two_processes_match_one(tmp_path, ragged_dataset):

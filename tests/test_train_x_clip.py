@@ -59,6 +59,18 @@ def test_gradient_accumulation_logs_the_mean_of_micro_batch_losses(tmp_path):
     assert losses(trainer.state.log_history)[1] == pytest.approx(sum(micro) / 2, rel=1e-5)
 
 
+def test_lit_trains_the_text_side_and_never_the_image_tower(tmp_path):
+    args = train_x_clip.parse_args(["--output-dir", str(tmp_path), "--train-size", "8", "--eval-size", "4",
+                                    "--max-steps", "2", "--logging-steps", "1", "--batch-size", "4", "--lit"])
+    trainer = train_x_clip.build_trainer(args)
+    assert first_batch(trainer, 2)["freeze_image_encoder"] is True
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {n.split(".")[0] for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert "text_model" in changed and "vision_model" not in changed
+    assert any(n.startswith("vision_model.") for n in before)
+
+
 def test_collator_rows_to_model_inputs():
     processor = train_x_clip.caption_processor(["a", "red", "circle"], image_size=32)
     data = make_shapes_dataset(2, seed=0)

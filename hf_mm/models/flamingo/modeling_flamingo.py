@@ -364,13 +364,19 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def freeze_pretrained(self) -> "FlamingoForConditionalGeneration":
+    def freeze_pretrained(self, train_input_embeddings: bool = False) -> "FlamingoForConditionalGeneration":
         """Paper recipe: freeze the vision tower and the language model (embeddings, blocks, norm, head);
-        the perceiver and the gated cross-attention blocks stay trainable. Returns self."""
+        the perceiver and the gated cross-attention blocks stay trainable. Returns self.
+
+        `train_input_embeddings=True` keeps the language model's input embeddings trainable as well: OpenFlamingo's
+        recipe (its `freeze_lm_embeddings=False` default), which learns the added `<image>` /
+        `<|endofchunk|>` tokens. With tied embeddings that trains the head too."""
         for param in self.parameters():
             param.requires_grad_(False)
         for module in (self.model.perceiver, self.model.cross_attn_layers):
             module.requires_grad_(True)
+        if train_input_embeddings:
+            self.get_input_embeddings().requires_grad_(True)
         return self
 
     def forward(

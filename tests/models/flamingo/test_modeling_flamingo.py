@@ -108,6 +108,19 @@ def test_loss_backward_and_gradient_checkpointing():
             torch.testing.assert_close(p.grad, grads[name], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["flamingo", "open_flamingo"])
+def test_freeze_pretrained_can_keep_the_input_embeddings_trainable(family):
+    """OpenFlamingo's recipe: perceiver, gated cross-attention and the LM's input embeddings train; the rest not."""
+    import tiny_models
+
+    model = tiny_models.build(family).freeze_pretrained(train_input_embeddings=True)
+    embeddings = model.get_input_embeddings().weight
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    expected = {id(p) for m in (model.model.perceiver, model.model.cross_attn_layers) for p in m.parameters()}
+    assert trainable == expected | {id(embeddings)}
+    assert model.freeze_pretrained() is model and not embeddings.requires_grad  # the default freezes them
+
+
 def test_freeze_pretrained_config_flag():
     model = FlamingoForConditionalGeneration(tiny_config(freeze_pretrained=True))
     trainable = {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad}
