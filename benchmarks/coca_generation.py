@@ -97,12 +97,13 @@ def _hf_generate(model, images, new_tokens: int, num_beams: int = 1) -> torch.Te
 
 
 def _cache_floor_fn(model, images, prefix_len: int, batch_rows: int):
-    """One cached single-token forward (text tower + decoder + lm_head) after a `prefix_len` prefix, timed alone."""
-    px = images.repeat_interleave(batch_rows // images.shape[0], dim=0)
+    """One cached single-token forward (text tower + decoder + lm_head) after a `prefix_len` prefix, timed alone;
+    like generate(), the `batch_rows // b` beams of an image share its cross-attention K/V."""
     bos = model.config.text_config.bos_token_id
     prefix = torch.full((batch_rows, prefix_len), bos, dtype=torch.long)
     with torch.no_grad():
-        cache = model(input_ids=prefix, pixel_values=px, use_cache=True).past_key_values
+        cache = model(input_ids=prefix, pixel_values=images, sequences_per_image=batch_rows // images.shape[0],
+                      use_cache=True).past_key_values
     step = torch.full((batch_rows, 1), bos, dtype=torch.long)
 
     def run() -> float:
