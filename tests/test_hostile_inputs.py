@@ -123,6 +123,14 @@ CASES = [
      ValueError, [r"pixel_values", r"batch size 3", r"input_ids", r"2"]),
     ("coca-generate-batch-mismatch", lambda: generate("coca", pixel_values=torch.randn(3, 3, 16, 16)), ValueError,
      [r"pixel_values", r"batch size 3", r"input_ids"]),
+    ("coca-generate-beams-batch-mismatch",  # the batch sizes the user passed, not the beam-expanded ones
+     lambda: generate("coca", dict(num_beams=3), pixel_values=torch.randn(3, 3, 16, 16)), ValueError,
+     [r"pixel_values has batch size 3 but input_ids has 2"]),
+    ("coca-forward-sequences-per-image", lambda: forward("coca", sequences_per_image=0), ValueError,
+     [r"sequences_per_image", r"integer >= 1"]),
+    ("flamingo-generate-beams-batch-mismatch",
+     lambda: generate("flamingo", dict(num_beams=2), pixel_values=torch.randn(3, 1, 3, 16, 16)), ValueError,
+     [r"pixel_values has batch size 3 but input_ids has 2"]),
     # ---- CoCa / Flamingo / DALL-E: generation arguments -----------------------------------------------------
     ("coca-generate-max-new-tokens-0", lambda: generate("coca", dict(max_new_tokens=0)), ValueError,
      [r"max_new_tokens", r"(>= 1|greater than 0)"]),

@@ -3,6 +3,8 @@
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+from .validation import check_same_batch
+
 
 class CrossAttentionCacheMixin:
     """Makes `generate()` use an `EncoderDecoderCache`: self-attention K/V grow per step, cross-attention
@@ -22,6 +24,10 @@ class CrossAttentionCacheMixin:
     def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False,
                                       input_ids=None, **model_kwargs):
         per_image = {k: model_kwargs.pop(k) for k in self._per_image_generation_inputs if k in model_kwargs}
+        if input_ids is not None:  # checked before expanding: an error names the batch sizes the user passed
+            for name, value in per_image.items():
+                if isinstance(value, torch.Tensor):
+                    check_same_batch(("input_ids", input_ids), (name, value))
         input_ids, model_kwargs = super()._expand_inputs_for_generation(
             expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
         )
