@@ -51,6 +51,8 @@ class Attention(nn.Module):
     - `out_norm=True` adds a LayerNorm after `o_proj` (x-clip's `to_out = Linear + LayerNorm`).
     - Self-attention appends its K/V to the `Cache` at `layer_idx`; cross-attention stores its K/V once in
       the cross-attention half of an `EncoderDecoderCache` and reuses them on later steps.
+    - Cross-attention from `b * g` rows to `b` contexts: each group of `g` consecutive rows (the beams of one
+      image) attends to its context, as if the context were repeated `g` times.
 
     `forward(hidden_states (b, n, dim), attention_mask, context (b, m, kv_dim) | None, ...) -> (b, n, dim)`
     """

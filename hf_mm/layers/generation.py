@@ -52,7 +52,8 @@ class CrossAttentionCacheMixin:
             return past_key_values
         past_key_values.self_attention_cache.reorder_cache(beam_idx)
         cross = past_key_values.cross_attention_cache
-        contexts = next((layer.keys.shape[0] for layer in cross.layers if layer.is_initialized and layer.keys.dim() == 4), 0)
+        stored = [layer.keys for layer in cross.layers if layer.is_initialized and layer.keys.dim() == 4]
+        contexts = stored[0].shape[0] if stored else 0
         if contexts == len(beam_idx):
             cross.reorder_cache(beam_idx)
         elif contexts:  # one entry per image: valid while every row keeps its image
