@@ -9,6 +9,7 @@ from .linear import Linear
 from .masks import causal_mask, self_attention_mask
 from .mlp import MLP, GatedMLP, get_activation, quick_gelu
 from .norms import LayerNorm
+from .packing import on_rows, row_indices, rows_needed
 from .rotary import RotaryEmbedding, apply_rotary
 from .vision import VisionTowerConfig, VisionTransformer
 
@@ -16,5 +17,6 @@ __all__ = [
     "Attention", "AttentionalPooler", "CrossAttentionCacheMixin", "GatedMLP", "LayerNorm", "LayerScale",
     "Linear", "LogitScale", "MLP", "RotaryEmbedding", "TransformerBlock", "VisionTowerConfig", "VisionTransformer",
     "all_gather_with_grad", "apply_rotary", "causal_mask", "contrastive_logits", "contrastive_loss",
-    "eager_attention_forward", "get_activation", "init_shared_layer", "quick_gelu", "self_attention_mask",
+    "eager_attention_forward", "get_activation", "init_shared_layer", "on_rows", "quick_gelu", "row_indices",
+    "rows_needed", "self_attention_mask",
 ]

@@ -12,6 +12,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .linear import Linear
 from .norms import LayerNorm
+from .packing import on_rows
 from .rotary import apply_rotary
 
 
@@ -53,6 +54,9 @@ class Attention(nn.Module):
       the cross-attention half of an `EncoderDecoderCache` and reuses them on later steps.
     - Cross-attention from `b * g` rows to `b` contexts: each group of `g` consecutive rows (the beams of one
       image) attends to its context, as if the context were repeated `g` times.
+
+    - `rows` (flat indices over `b * n`, from `packing.row_indices`): the projections run on those rows only
+      (the others are 0); for rows that no kept row attends to (padding a loss ignores).
 
     `forward(hidden_states (b, n, dim), attention_mask, context (b, m, kv_dim) | None, ...) -> (b, n, dim)`
     """
@@ -101,10 +105,10 @@ class Attention(nn.Module):
     def _split_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         return x.view(*x.shape[:-1], heads, self.head_dim).transpose(1, 2)  # b n (h d) -> b h n d
 
-    def project_key_value(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(b, m, kv_dim) -> k, v (b, k, m, d)`."""
-        return (self._split_heads(self.k_proj(context), self.num_kv_heads),
-                self._split_heads(self.v_proj(context), self.num_kv_heads))
+    def project_key_value(self, context: torch.Tensor, rows: torch.Tensor | None = None):
+        """`(b, m, kv_dim) -> k, v (b, k, m, d)` (only at `rows`, flat indices over `b * m`; zeros elsewhere)."""
+        return (self._split_heads(on_rows(self.k_proj, context, rows), self.num_kv_heads),
+                self._split_heads(on_rows(self.v_proj, context, rows), self.num_kv_heads))
 
     def forward(
         self,
@@ -113,13 +117,14 @@ class Attention(nn.Module):
         context: torch.Tensor | None = None,
         rotary_angles: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
+        rows: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        q = self._split_heads(self.q_proj(hidden_states), self.num_heads)
+        q = self._split_heads(on_rows(self.q_proj, hidden_states, rows), self.num_heads)
         if self.is_cross_attention:
             k, v = self._cross_key_value(context, past_key_values)
         else:
-            k, v = self.project_key_value(hidden_states)
+            k, v = self.project_key_value(hidden_states) if rows is None else self.project_key_value(hidden_states, rows)
             if rotary_angles is not None:
                 q = apply_rotary(q, rotary_angles, self.rotary_interleaved)
                 k = apply_rotary(k, rotary_angles, self.rotary_interleaved)
@@ -147,7 +152,7 @@ class Attention(nn.Module):
         )
         if groups > 1:
             out = out.unflatten(1, (groups, -1)).flatten(0, 1)  # b (g n) h d -> (b g) n h d
-        out = self.o_proj(out.reshape(*hidden_states.shape[:-1], -1))
+        out = on_rows(self.o_proj, out.reshape(*hidden_states.shape[:-1], -1), rows)
         return self.o_norm(out) if self.o_norm is not None else out
 
     def _query_rows_per_context(self, q: torch.Tensor, k: torch.Tensor) -> int:

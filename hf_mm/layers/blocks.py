@@ -16,6 +16,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from .attention import Attention
 from .mlp import MLP, GatedMLP
 from .norms import LayerNorm
+from .packing import on_rows
 
 
 class LayerScale(nn.Module):
@@ -98,20 +99,22 @@ class TransformerBlock(GradientCheckpointingLayer):
         context: torch.Tensor | None = None,
         rotary_angles: torch.Tensor | None = None,
         past_key_values=None,
+        rows: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
+        """`rows`: compute the projections and MLP only there (see `Attention`); other rows get partial updates."""
         normed = self.norm1(hidden_states)
         if self.attn.context_is_cached(past_key_values):
             context = None  # K/V of the context were projected on the first step
         elif context is not None and self.norm_context is not None:
             context = self.norm_context(context)
         attn_out = self.attn(normed, attention_mask, context=context, rotary_angles=rotary_angles,
-                             past_key_values=past_key_values)
+                             past_key_values=past_key_values, rows=rows)
         if self.parallel:
             return hidden_states + self.ls1(self.post_norm_branch(attn_out, 1)) + self.ls2(
-                self.post_norm_branch(self.mlp(normed), 2))
+                self.post_norm_branch(on_rows(self.mlp, normed, rows), 2))
         hidden_states = hidden_states + self.ls1(self.post_norm_branch(attn_out, 1))
-        return hidden_states + self.ls2(self.post_norm_branch(self.mlp(self.norm2(hidden_states)), 2))
+        return hidden_states + self.ls2(self.post_norm_branch(on_rows(self.mlp, self.norm2(hidden_states), rows), 2))
 
     def post_norm_branch(self, branch_out: torch.Tensor, branch: int) -> torch.Tensor:
         """Sandwich norm of branch 1 (attention) or 2 (MLP) output; identity without `post_norm`."""

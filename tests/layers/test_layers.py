@@ -94,6 +94,22 @@ def test_beam_reorder_moves_self_attention_rows_and_keeps_per_image_cross_attent
         CrossAttentionCacheMixin._reorder_cache(None, cache, torch.tensor([2, 1, 2, 3]))
 
 
+def test_rows_needed_follows_attention_to_any_depth_and_on_rows_zeroes_the_rest():
+    from hf_mm.layers import on_rows, row_indices, rows_needed
+
+    needed = torch.tensor([[False, False, True, False]])
+    assert rows_needed(needed, None, causal=True).tolist() == [[True, True, True, False]]
+    assert rows_needed(needed, None, causal=False).all()
+    mask = torch.eye(4, dtype=torch.bool)[None, None].clone()  # each row sees itself, plus a chain 2 -> 1 -> 0
+    mask[0, 0, 2, 1] = mask[0, 0, 1, 0] = True
+    assert rows_needed(needed, mask, causal=True).tolist() == [[True, True, True, False]]
+    assert row_indices(torch.ones(2, 3, dtype=torch.bool)) is None
+    x = torch.randn(2, 3, 4)
+    rows = row_indices(torch.tensor([[True, False, True], [False, True, False]]))
+    out = on_rows(lambda h: 2 * h[:, :2], x, rows)
+    assert out.shape == (2, 3, 2) and torch.equal(out[0, 0], 2 * x[0, 0, :2]) and not out[0, 1].any()
+
+
 def test_masks_combine_padding_and_causality_without_empty_rows():
     real = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]).bool()
     mask = self_attention_mask(real, 4, causal=True)[:, 0]

@@ -126,6 +126,9 @@ class CocaConfig(PreTrainedConfig):
     logit_scale_max: float | None = 100.0
     caption_loss_weight: float = 2.0
     contrastive_loss_weight: float = 1.0
+    # training with the caption loss: the text tower, decoder and head skip the positions that neither the loss
+    # nor the CLS embedding reads (padding); the returned logits there are 0. False: compute every position.
+    skip_unused_positions: bool = True
     tie_word_embeddings: bool = False
     use_cache: bool = True
     initializer_range: float = 0.02

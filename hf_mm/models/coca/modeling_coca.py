@@ -30,6 +30,9 @@ from ...layers import (
     contrastive_logits,
     contrastive_loss,
     init_shared_layer,
+    on_rows,
+    row_indices,
+    rows_needed,
     self_attention_mask,
 )
 from ...layers.validation import (
@@ -116,7 +119,10 @@ class CocaTextModel(nn.Module):
         rotary: RotaryEmbedding | None,
         past_key_values: Cache | None = None,
         append_cls: bool = True,
+        needed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`needed (b, n)` bool: token states used later (the CLS always is); the per-token layers skip rows
+        that none of them reads, whose states are then not meaningful."""
         b, n = input_ids.shape
         x = self.embed_tokens(input_ids)
         positions = position_ids
@@ -127,8 +133,12 @@ class CocaTextModel(nn.Module):
             x = x + self.position_embedding[positions].to(x.dtype)
         angles = rotary(positions) if rotary is not None else None
         mask = self.build_mask(attention_mask, x.shape[1], append_cls)
+        rows = None
+        if needed is not None:
+            needed = torch.cat((needed, needed.new_ones(b, 1)), 1) if append_cls else needed
+            rows = row_indices(rows_needed(needed, mask, causal=True))
         for layer in self.layers:
-            x = layer(x, attention_mask=mask, rotary_angles=angles, past_key_values=past_key_values)
+            x = layer(x, attention_mask=mask, rotary_angles=angles, past_key_values=past_key_values, rows=rows)
         if not append_cls:
             return x, None
         return x[:, :-1], self.cls_norm(x[:, -1])
@@ -163,10 +173,10 @@ class CocaDecoderLayer(nn.Module):
         self.self_block = text_block(config, layer_idx, decoder=True)
         self.cross_block = text_block(config, layer_idx, cross_attention=True, decoder=True)
 
-    def forward(self, x, attention_mask, context, rotary_angles, past_key_values):
+    def forward(self, x, attention_mask, context, rotary_angles, past_key_values, rows=None):
         x = self.self_block(x, attention_mask=attention_mask, rotary_angles=rotary_angles,
-                            past_key_values=past_key_values)
-        return self.cross_block(x, context=context, past_key_values=past_key_values)
+                            past_key_values=past_key_values, rows=rows)
+        return self.cross_block(x, context=context, past_key_values=past_key_values, rows=rows)
 
 
 class CocaPreTrainedModel(HfMmPreTrainedModel):
@@ -354,8 +364,16 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
             pooled, context = self.pool_image(image_tokens)
 
         position_ids = self._position_ids(input_ids, position_ids, past_length)
+        decoder_mask = self._decoder_mask(attention_mask, input_ids.shape[1])
+        targets = decoder_rows = logit_rows = text_needed = None
+        if return_loss:  # the caption loss reads the logits at its targets only: skip the rows nothing reads
+            targets = self._caption_targets(input_ids if labels is None else labels, input_ids, attention_mask)
+            if self.training and self.config.skip_unused_positions and decoder_mask is not None:
+                text_needed = rows_needed(targets != -100, decoder_mask, causal=True)
+                decoder_rows, logit_rows = row_indices(text_needed), row_indices(targets != -100)
         tokens, cls = self.text_model(
-            input_ids, attention_mask, position_ids, self.rotary_emb, past_key_values, append_cls=not use_cache
+            input_ids, attention_mask, position_ids, self.rotary_emb, past_key_values, append_cls=not use_cache,
+            needed=text_needed,
         )
 
         out = CocaOutput(past_key_values=past_key_values if use_cache else None, image_hidden_states=image_tokens)
@@ -366,45 +384,56 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
             out.logits_per_image, out.logits_per_text = contrastive_logits(out.image_embeds, out.text_embeds, scale)
 
         if context is None or context.shape[0] * sequences_per_image == input_ids.shape[0] or context_cached:
-            out.logits = self._decode(tokens, attention_mask, position_ids, context, past_key_values, logits_to_keep)
+            out.logits = self._decode(tokens, decoder_mask, position_ids, context, past_key_values, logits_to_keep,
+                                      decoder_rows, logit_rows)
 
         if return_loss:
-            out.caption_loss = self._caption_loss(out.logits, input_ids if labels is None else labels, attention_mask)
+            out.caption_loss = self._caption_loss(out.logits, targets)
             out.contrastive_loss = contrastive_loss(out.image_embeds, out.text_embeds, self.logit_scale())
             out.loss = (self.config.caption_loss_weight * out.caption_loss
                         + self.config.contrastive_loss_weight * out.contrastive_loss)
         return out
 
-    def _decode(self, tokens, attention_mask, position_ids, context, past_key_values, logits_to_keep):
-        """Token states `(b, n, d)` -> caption logits `(b, n or logits_to_keep, vocab)`."""
-        n = tokens.shape[1]
-        mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            # decoder rows of padded tokens see every earlier key, as in both references
-            mask = self_attention_mask(attention_mask, n, causal=True,
-                                       pad_query_key_mask=torch.ones_like(attention_mask, dtype=torch.bool))
+    @staticmethod
+    def _decoder_mask(attention_mask, n: int):
+        """`(b, 1, n, past + n)` or None: causal, padding keys hidden; decoder rows of padded tokens see every
+        earlier key, as in both references."""
+        if attention_mask is None or bool(attention_mask.all()):
+            return None
+        return self_attention_mask(attention_mask, n, causal=True,
+                                   pad_query_key_mask=torch.ones_like(attention_mask, dtype=torch.bool))
+
+    def _decode(self, tokens, mask, position_ids, context, past_key_values, logits_to_keep, rows=None,
+                logit_rows=None):
+        """Token states `(b, n, d)` -> caption logits `(b, n or logits_to_keep, vocab)`; with `rows` /
+        `logit_rows` (flat indices) the decoder / head compute those rows only, the other logits are 0."""
         angles = self.rotary_emb(position_ids) if self.rotary_emb is not None else None
         x = tokens
         for layer in self.decoder_layers:
-            x = layer(x, mask, context, angles, past_key_values)
+            x = layer(x, mask, context, angles, past_key_values, rows=rows)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        return self.lm_head(self.decoder_norm(x))
+        return on_rows(lambda h: self.lm_head(self.decoder_norm(h)), x, logit_rows)
 
-    def _caption_loss(self, logits, labels, attention_mask):
-        """Next-token cross-entropy; padding (attention_mask == 0) and -100 labels are ignored."""
-        if labels.shape != logits.shape[:2]:
-            raise ValueError(f"labels must have shape {tuple(logits.shape[:2])} like input_ids, got {tuple(labels.shape)}")
+    def _caption_targets(self, labels, input_ids, attention_mask):
+        """`labels (b, n)` -> next-token targets `(b, n)`: -100 at the last position, padding and ignored labels."""
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels must have shape {tuple(input_ids.shape)} like input_ids, got {tuple(labels.shape)}")
         vocab = self.config.text_config.vocab_size
         if bool(((labels < 0) & (labels != -100)).any()) or bool((labels >= vocab).any()):
             raise ValueError(f"labels must lie in [0, {vocab}) (text_config.vocab_size) or be -100 (ignored), got "
                              f"values in [{int(labels.min())}, {int(labels.max())}]")
         # position i predicts token i + 1 and the last position nothing: shifting the labels (not slicing the
         # logits) keeps the logits a view, saving a copy of the (b, n - 1, vocab) slice
-        labels = F.pad(labels[:, 1:], (0, 1), value=-100)
+        targets = F.pad(labels[:, 1:], (0, 1), value=-100)
         if attention_mask is not None:
-            labels = labels.masked_fill(F.pad(attention_mask[:, 1:], (0, 1)) == 0, -100)
-        return F.cross_entropy(at_least_fp32(logits.flatten(0, 1)), labels.flatten(), ignore_index=-100)
+            targets = targets.masked_fill(F.pad(attention_mask[:, 1:], (0, 1)) == 0, -100)
+        return targets
+
+    @staticmethod
+    def _caption_loss(logits, targets):
+        """Next-token cross-entropy over `_caption_targets` (-100 ignored)."""
+        return F.cross_entropy(at_least_fp32(logits.flatten(0, 1)), targets.flatten(), ignore_index=-100)
 
     # -- generation hooks -----------------------------------------------------------------------------
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, pixel_values=None, image_embeds=None,

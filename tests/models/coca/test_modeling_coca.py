@@ -161,6 +161,61 @@ def test_loss_weights_and_padding_are_honoured():
     assert torch.allclose(model(**changed, return_loss=True).caption_loss, out.caption_loss)
 
 
+PADDED_CAPTIONS = [  # (config overrides, padding side)
+    (dict(), "right"),
+    (dict(text_config=dict(tiny_coca_config().text_config.to_dict(), padding_mask_style="open_clip")), "right"),
+    (LUCIDRAINS_STYLE, "right"),
+    (dict(), "left"),
+]
+
+
+@pytest.mark.parametrize("overrides, side", PADDED_CAPTIONS)
+def test_training_loss_skips_unused_positions_without_changing_loss_or_gradients(overrides, side):
+    """Training with the caption loss computes the per-token layers only where the loss / CLS read them:
+    same loss and gradients as computing every position, logits equal at the targets and 0 elsewhere, and
+    fewer rows through the MLPs."""
+    torch.manual_seed(0)
+    cfg = CocaConfig(**{**tiny_coca_config().to_dict(), **overrides}) if overrides else tiny_coca_config()
+    model = CocaModel(cfg).train()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 64, (3, 9), generator=g)
+    mask = torch.ones_like(ids)
+    for row, pads in enumerate((0, 3, 6)):
+        if pads:
+            (mask[row, -pads:] if side == "right" else mask[row, :pads]).zero_()
+    ids = ids.masked_fill(mask == 0, 0)
+    labels = ids.masked_fill(torch.rand(ids.shape, generator=g) < 0.15, -100)
+    batch = dict(input_ids=ids, attention_mask=mask, labels=labels)
+    batch.update({k: v for k, v in _batch(n=3, cfg=cfg).items() if k not in ("input_ids", "attention_mask")})
+
+    def run(skip):
+        model.config.skip_unused_positions = skip
+        rows = []
+        hook = model.decoder_layers[0].self_block.mlp.register_forward_hook(
+            lambda m, args, out: rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+        out = model(**batch, return_loss=True)
+        hook.remove()
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return out, grads, rows[0]
+
+    (full, full_grads, full_rows), (skipped, grads, rows) = run(False), run(True)
+    assert rows < full_rows == ids.numel()
+    torch.testing.assert_close(skipped.loss, full.loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(skipped.text_embeds, full.text_embeds, atol=1e-6, rtol=1e-6)
+    assert full_grads.keys() == grads.keys() and len(grads) > 30
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+    targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100).masked_fill(
+        torch.nn.functional.pad(mask[:, 1:], (0, 1)) == 0, -100) != -100
+    torch.testing.assert_close(skipped.logits[targets], full.logits[targets], atol=1e-5, rtol=1e-5)
+    assert not skipped.logits[~targets].any()
+    model.eval()  # evaluation computes every position
+    assert torch.equal(model(**batch, return_loss=True).logits, model(**batch, return_loss=True).logits)
+    assert model(**batch, return_loss=True).logits[~targets].abs().sum() > 0
+
+
 def test_zero_shot_batch_mismatch_gives_logits_only():
     torch.manual_seed(0)
     model = CocaModel(tiny_coca_config()).eval()
