@@ -335,6 +335,8 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         embeddings and the similarity logits are returned; the decoder runs when image and text batches match.
         With a cache (`use_cache=True` / `past_key_values`, as generate() does) only the caption logits are
         computed, and after the first step the image is not needed again.
+        Training with the caption loss (`return_loss`, train mode, `config.skip_unused_positions`): positions that
+        neither a loss target nor the CLS reads (padding) skip the per-token layers, and their logits are 0.
         `sequences_per_image=g` (set by generate() for beams / `num_return_sequences`): the captions come in
         groups of `g` consecutive rows per image, so `input_ids (b * g, n)` go with images of batch `b`.
         """
