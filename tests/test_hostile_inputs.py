@@ -128,6 +128,8 @@ CASES = [
      [r"pixel_values has batch size 3 but input_ids has 2"]),
     ("coca-forward-sequences-per-image", lambda: forward("coca", sequences_per_image=0), ValueError,
      [r"sequences_per_image", r"integer >= 1"]),
+    ("coca-loss-with-logits-to-keep", lambda: forward("coca", return_loss=True, logits_to_keep=1), ValueError,
+     [r"logits_to_keep=0"]),
     ("flamingo-generate-beams-batch-mismatch",
      lambda: generate("flamingo", dict(num_beams=2), pixel_values=torch.randn(3, 1, 3, 16, 16)), ValueError,
      [r"pixel_values has batch size 3 but input_ids has 2"]),

@@ -353,6 +353,8 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         if return_loss and use_cache:
             raise ValueError("return_loss / labels cannot be combined with use_cache=True (the loss needs the CLS token)")
         check_positive_int(sequences_per_image, "sequences_per_image")
+        if return_loss and logits_to_keep:
+            raise ValueError("return_loss / labels need the logits of every position (logits_to_keep=0)")
         if return_loss and sequences_per_image != 1:
             raise ValueError("return_loss / labels need one caption per image (sequences_per_image=1)")
         context_cached = isinstance(past_key_values, EncoderDecoderCache) and bool(past_key_values.is_updated)
