@@ -152,6 +152,8 @@ class FlamingoConfig(PreTrainedConfig):
     vision_feature_select_strategy: str | None = None  # "full": all vision tokens; "default": drop the class token
     decoder_layers_attr_name: str | None = None  # where the LM keeps its layer list (found when None)
     freeze_pretrained: bool = False  # freeze vision tower + language model at init (paper's training recipe)
+    # training with labels (built-in decoder): positions no loss target reads skip the per-token layers; logits 0
+    skip_unused_positions: bool = True
     tie_word_embeddings: bool = True
     use_cache: bool = True
     initializer_range: float = 0.02

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from hf_mm.layers import MLP, Attention, LayerNorm
+from hf_mm.layers import MLP, Attention, LayerNorm, on_rows
 
 
 def media_time_from_ids(input_ids: torch.Tensor, media_token_id: int) -> torch.Tensor:
@@ -65,8 +65,9 @@ class GatedCrossAttentionBlock(GradientCheckpointingLayer):
         media_mask: torch.Tensor,
         attends: torch.Tensor,
         past_key_values=None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         attn_out = self.attn(self.norm1(hidden_states), media_mask, context=media_latents,
-                             past_key_values=past_key_values)
+                             past_key_values=past_key_values, rows=rows)
         hidden_states = hidden_states + self.attn_gate.tanh() * attn_out * attends.to(attn_out.dtype)
-        return hidden_states + self.ff_gate.tanh() * self.mlp(self.norm2(hidden_states))
+        return hidden_states + self.ff_gate.tanh() * on_rows(self.mlp, self.norm2(hidden_states), rows)

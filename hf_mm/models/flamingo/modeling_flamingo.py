@@ -21,7 +21,8 @@ from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_outputs import ModelOutput
 
 from hf_mm.layers import (
-    CrossAttentionCacheMixin, LayerNorm, Linear, RotaryEmbedding, TransformerBlock, VisionTransformer, self_attention_mask,
+    CrossAttentionCacheMixin, LayerNorm, Linear, RotaryEmbedding, TransformerBlock, VisionTransformer, on_rows,
+    row_indices, rows_needed, self_attention_mask,
 )
 from hf_mm.layers.validation import check_attention_mask, check_pixel_values, check_texts_per_image, check_token_ids
 from hf_mm.modeling_utils import HfMmPreTrainedModel
@@ -200,6 +201,7 @@ class FlamingoModel(FlamingoPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         sequences_per_image: int = 1,
+        needed_positions: torch.Tensor | None = None,
         **kwargs,
     ) -> FlamingoModelOutput:
         """
@@ -210,6 +212,8 @@ class FlamingoModel(FlamingoPreTrainedModel):
         attention_mask (b, past + n): 1 = real token (left padding).
         sequences_per_image=g (set by generate() for beams / `num_return_sequences`): the text rows come in groups
             of `g` consecutive rows per sample of media, i.e. `input_ids (b * g, n)` with media of batch `b`.
+        needed_positions (b, n) bool: the outputs used (a loss's targets); the built-in decoder's per-token layers
+            skip positions none of them reads, whose hidden states are then not meaningful.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids (batch, seq) and inputs_embeds (batch, seq, hidden)")
@@ -250,7 +254,7 @@ class FlamingoModel(FlamingoPreTrainedModel):
 
         decode = self._decode_builtin if self.language_model is None else self._decode_language_model
         hidden = decode(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, conditioning,
-                        use_cache)
+                        use_cache, needed_positions)
         return FlamingoModelOutput(
             last_hidden_state=hidden,
             past_key_values=past_key_values if use_cache else None,
@@ -258,7 +262,7 @@ class FlamingoModel(FlamingoPreTrainedModel):
         )
 
     def _decode_builtin(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cond,
-                        use_cache) -> torch.Tensor:
+                        use_cache, needed_positions=None) -> torch.Tensor:
         """The PaLM decoder with the cross-attention blocks before / after their layers -> `(b, n, d)`."""
         if input_ids is not None:
             inputs_embeds = self.embed_tokens(input_ids)
@@ -272,22 +276,25 @@ class FlamingoModel(FlamingoPreTrainedModel):
         rotary_angles = self.rotary(position_ids)
         mask = self_attention_mask(attention_mask, n, causal=True) if attention_mask is not None else None
         before = self.config.cross_attn_placement == "before"
+        rows = None
+        if needed_positions is not None and past_len == 0:
+            rows = row_indices(rows_needed(needed_positions.bool(), mask, causal=True))
 
         def cross_attend(i, hidden):
             if cond is None or str(i) not in self.cross_attn_layers:
                 return hidden
             return self.cross_attn_layers[str(i)](hidden, cond.media_latents, cond.media_mask, cond.attends,
-                                                  past_key_values=past_key_values)
+                                                  past_key_values=past_key_values, rows=rows)
 
         hidden = inputs_embeds
         for i, layer in enumerate(self.layers):
             hidden = cross_attend(i, hidden) if before else hidden
-            hidden = layer(hidden, mask, rotary_angles=rotary_angles, past_key_values=past_key_values)
+            hidden = layer(hidden, mask, rotary_angles=rotary_angles, past_key_values=past_key_values, rows=rows)
             hidden = hidden if before else cross_attend(i, hidden)
         return self.norm(hidden)
 
     def _decode_language_model(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cond,
-                               use_cache) -> torch.Tensor:
+                               use_cache, needed_positions=None) -> torch.Tensor:
         """The wrapped LM with the media conditioning active for this call only -> `(b, n, d)` (after its final
         norm). Position ids are the LM's own default unless given (`generate()` gives them from the mask)."""
         self_cache = past_key_values.self_attention_cache if isinstance(past_key_values, EncoderDecoderCache) \
@@ -396,15 +403,27 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
         sequences_per_image: int = 1,
         **kwargs,
     ) -> FlamingoCausalLMOutput:
-        """See `FlamingoModel.forward`; `labels (b, n)` give the shifted next-token loss (-100 = ignore)."""
+        """See `FlamingoModel.forward`; `labels (b, n)` give the shifted next-token loss (-100 = ignore).
+
+        Training with labels (train mode, built-in decoder, `config.skip_unused_positions`): positions that no
+        loss target reads skip the per-token layers, and their logits are 0."""
+        targets = None
+        if (labels is not None and self.training and self.config.skip_unused_positions and not logits_to_keep
+                and self.config.uses_builtin_text_model):
+            shifted = kwargs.get("shift_labels")
+            shifted = shifted if shifted is not None else nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+            targets = shifted != -100
         out = self.model(
             input_ids=input_ids, pixel_values=pixel_values, image_embeds=image_embeds, media_latents=media_latents,
             media_time=media_time, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-            sequences_per_image=sequences_per_image,
+            sequences_per_image=sequences_per_image, needed_positions=targets,
         )
         hidden = out.last_hidden_state
-        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        if targets is not None:
+            logits = on_rows(self.lm_head, hidden, row_indices(targets))
+        else:
+            logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,

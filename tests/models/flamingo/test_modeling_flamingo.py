@@ -121,6 +121,49 @@ def test_freeze_pretrained_can_keep_the_input_embeddings_trainable(family):
     assert model.freeze_pretrained() is model and not embeddings.requires_grad  # the default freezes them
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("immediate", [True, False])
+def test_training_loss_skips_unused_positions_without_changing_loss_or_gradients(side, immediate):
+    """Training with labels runs the built-in decoder's per-token layers only where a loss target reads them:
+    same loss and gradients as computing every position, logits equal at the targets and 0 elsewhere."""
+    model = tiny_model(only_attend_immediate_media=immediate).train()
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(4, 40, (3, 10), generator=g)
+    mask = torch.ones_like(ids)
+    for row, pads in enumerate((0, 2, 4)):
+        if pads:
+            (mask[row, -pads:] if side == "right" else mask[row, :pads]).zero_()
+    for row in range(3):  # two media per row, on real tokens
+        real = mask[row].nonzero().flatten()
+        ids[row, real[[0, 3]]] = model.config.media_token_id
+    ids = ids.masked_fill(mask == 0, 0)
+    labels = ids.masked_fill((mask == 0) | (ids == model.config.media_token_id), -100)
+    batch = dict(input_ids=ids, attention_mask=mask, labels=labels,
+                 pixel_values=torch.randn(3, 2, 3, 16, 16, generator=g))
+
+    def run(skip):
+        model.config.skip_unused_positions = skip
+        rows = []
+        hook = model.model.layers[0].mlp.register_forward_hook(
+            lambda m, args, out: rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+        out = model(**batch)
+        hook.remove()
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return out, grads, rows[0]
+
+    (full, full_grads, full_rows), (skipped, grads, rows) = run(False), run(True)
+    assert rows < full_rows == ids.numel()
+    torch.testing.assert_close(skipped.loss, full.loss, atol=1e-6, rtol=1e-6)
+    assert full_grads.keys() == grads.keys() and len(grads) > 20
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+    targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100) != -100
+    torch.testing.assert_close(skipped.logits[targets], full.logits[targets], atol=1e-5, rtol=1e-5)
+    assert not skipped.logits[~targets].any()
+
+
 def test_freeze_pretrained_config_flag():
     model = FlamingoForConditionalGeneration(tiny_config(freeze_pretrained=True))
     trainable = {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad}
