@@ -246,3 +246,30 @@ def pil_image(height: int, width: int, mode: str = "RGB", seed: int = 0) -> Imag
     channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
     array = np.random.default_rng(seed).integers(0, 255, (height, width, channels), dtype=np.uint8)
     return Image.fromarray(array[..., 0] if channels == 1 else array)
+
+
+# -- skipping unused positions ---------------------------------------------------------------------------
+def padded_ids(low: int, high: int, pads: tuple[int, ...], length: int, side: str, generator):
+    """Random ids `(len(pads), length)` in [low, high), row i padded (id 0) with `pads[i]` on `side`; and the mask."""
+    ids = torch.randint(low, high, (len(pads), length), generator=generator)
+    mask = torch.ones_like(ids)
+    for row, count in enumerate(pads):
+        if count:
+            (mask[row, -count:] if side == "right" else mask[row, :count]).zero_()
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def training_step_with_skip(model, batch: dict, mlp, skip: bool, **forward_kwargs):
+    """One loss forward + backward with `config.skip_unused_positions = skip`.
+    Returns `(output, {name: grad}, rows that went through `mlp` on the forward)`."""
+    model.config.skip_unused_positions = skip
+    rows = []
+    hook = mlp.register_forward_hook(lambda m, args, out: rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+    try:
+        out = model(**batch, **forward_kwargs)
+    finally:
+        hook.remove()
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return out, grads, rows[0]

@@ -11,6 +11,8 @@ import torch
 
 from hf_mm.models.coca import CocaConfig, CocaModel
 
+from tiny_models import padded_ids, training_step_with_skip
+
 from .references import tiny_coca_config
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -178,29 +180,14 @@ def test_training_loss_skips_unused_positions_without_changing_loss_or_gradients
     cfg = CocaConfig(**{**tiny_coca_config().to_dict(), **overrides}) if overrides else tiny_coca_config()
     model = CocaModel(cfg).train()
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, 64, (3, 9), generator=g)
-    mask = torch.ones_like(ids)
-    for row, pads in enumerate((0, 3, 6)):
-        if pads:
-            (mask[row, -pads:] if side == "right" else mask[row, :pads]).zero_()
-    ids = ids.masked_fill(mask == 0, 0)
+    ids, mask = padded_ids(3, 64, (0, 3, 6), 9, side, g)
     labels = ids.masked_fill(torch.rand(ids.shape, generator=g) < 0.15, -100)
     batch = dict(input_ids=ids, attention_mask=mask, labels=labels)
     batch.update({k: v for k, v in _batch(n=3, cfg=cfg).items() if k not in ("input_ids", "attention_mask")})
 
-    def run(skip):
-        model.config.skip_unused_positions = skip
-        rows = []
-        hook = model.decoder_layers[0].self_block.mlp.register_forward_hook(
-            lambda m, args, out: rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
-        out = model(**batch, return_loss=True)
-        hook.remove()
-        out.loss.backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        model.zero_grad(set_to_none=True)
-        return out, grads, rows[0]
-
-    (full, full_grads, full_rows), (skipped, grads, rows) = run(False), run(True)
+    mlp = model.decoder_layers[0].self_block.mlp
+    (full, full_grads, full_rows), (skipped, grads, rows) = (
+        training_step_with_skip(model, batch, mlp, skip, return_loss=True) for skip in (False, True))
     assert rows < full_rows == ids.numel()
     torch.testing.assert_close(skipped.loss, full.loss, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(skipped.text_embeds, full.text_embeds, atol=1e-6, rtol=1e-6)

@@ -7,6 +7,8 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextT
 import hf_mm  # noqa: F401  (registers the Auto classes)
 from hf_mm.models.flamingo import FlamingoForConditionalGeneration, FlamingoModel
 
+from tiny_models import padded_ids, training_step_with_skip
+
 from .helpers import tiny_config, tiny_model
 
 
@@ -128,32 +130,17 @@ def test_training_loss_skips_unused_positions_without_changing_loss_or_gradients
     same loss and gradients as computing every position, logits equal at the targets and 0 elsewhere."""
     model = tiny_model(only_attend_immediate_media=immediate).train()
     g = torch.Generator().manual_seed(2)
-    ids = torch.randint(4, 40, (3, 10), generator=g)
-    mask = torch.ones_like(ids)
-    for row, pads in enumerate((0, 2, 4)):
-        if pads:
-            (mask[row, -pads:] if side == "right" else mask[row, :pads]).zero_()
+    ids, mask = padded_ids(4, 40, (0, 2, 4), 10, side, g)
     for row in range(3):  # two media per row, on real tokens
         real = mask[row].nonzero().flatten()
         ids[row, real[[0, 3]]] = model.config.media_token_id
-    ids = ids.masked_fill(mask == 0, 0)
     labels = ids.masked_fill((mask == 0) | (ids == model.config.media_token_id), -100)
     batch = dict(input_ids=ids, attention_mask=mask, labels=labels,
                  pixel_values=torch.randn(3, 2, 3, 16, 16, generator=g))
 
-    def run(skip):
-        model.config.skip_unused_positions = skip
-        rows = []
-        hook = model.model.layers[0].mlp.register_forward_hook(
-            lambda m, args, out: rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
-        out = model(**batch)
-        hook.remove()
-        out.loss.backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        model.zero_grad(set_to_none=True)
-        return out, grads, rows[0]
-
-    (full, full_grads, full_rows), (skipped, grads, rows) = run(False), run(True)
+    mlp = model.model.layers[0].mlp
+    (full, full_grads, full_rows), (skipped, grads, rows) = (
+        training_step_with_skip(model, batch, mlp, skip) for skip in (False, True))
     assert rows < full_rows == ids.numel()
     torch.testing.assert_close(skipped.loss, full.loss, atol=1e-6, rtol=1e-6)
     assert full_grads.keys() == grads.keys() and len(grads) > 20
