@@ -2,7 +2,6 @@
 and across 2 torchrun (gloo) processes with captions of different lengths, the paper's freezing recipe."""
 
 import pytest
-import torch
 from datasets import DatasetDict
 
 import hf_mm  # noqa: F401
@@ -27,7 +26,7 @@ def ragged_dataset(tmp_path_factory):
 
 
 def test_train_evaluate_and_resume(tmp_path):
-    resumed = check_train_evaluate_and_resume(train_flamingo.main, tmp_path, COMMON)
+    check_train_evaluate_and_resume(train_flamingo.main, tmp_path, COMMON)
     assert (tmp_path / "run" / "final" / "generation_config.json").is_file()
 
 

@@ -1,7 +1,6 @@
 """DALL-E processor: pads/truncates text to `text_seq_len` with id 0 (DALL-E's per-position padding) and turns
 generated images into PIL images for the any-to-any pipeline."""
 
-import numpy as np
 import torch
 from PIL import Image
 from transformers import ProcessorMixin

@@ -4,7 +4,6 @@
 A prompt with no media token gets one per image prepended.
 """
 
-import torch
 from transformers import BatchFeature, ProcessorMixin
 
 
