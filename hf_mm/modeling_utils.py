@@ -50,9 +50,9 @@ def loading_problems(info: dict) -> list[str]:
 def align_tensors(model: nn.Module, alignment: int = 64) -> None:
     """If any parameter or buffer is not `alignment`-byte aligned, copy every one of them into fresh memory.
 
-    Memory-mapped safetensors are only 8-byte aligned, and the few-row kernel of `hf_mm.layers.Linear` sums in
-    an order that depends on the weight's alignment: without this, a loaded model and the same model built in
-    memory would differ in the last bits. Copying all tensors (not only the misaligned ones) releases the file
+    Memory-mapped safetensors are only 8-byte aligned, and MKL (which `hf_mm.layers.Linear` uses when its native
+    kernel is unavailable) sums in an order that depends on the weight's alignment: without this, a loaded model
+    and the same model built in memory could differ in the last bits. Copying all tensors (not only the misaligned ones) releases the file
     mapping, so the weights are resident once rather than once in the mapping and once in the copies.
     Tied parameters stay tied (a shared `Parameter` is copied once).
     """
