@@ -2,10 +2,10 @@
 
 `skinny_linear(x, weight, bias)` computes `x @ weight.T + bias` for the few rows of a cached decoding step,
 streaming the weight once at close to memory bandwidth (MKL's sgemm reaches 30-50% of it at 1-8 rows).
-The C source lives in `kernels/`; it is built with `-O3 -march=native -fopenmp` into a cache folder
-(`$HF_MM_KERNEL_CACHE`, else `~/.cache/hf_mm/kernels`), keyed by the source, the flags and this CPU, so a
-cache shared between different machines never runs code built for another CPU. Without a compiler, or with
-`HF_MM_NATIVE_KERNELS=0`, `skinny_linear` is `None` and callers use torch.
+The C source lives in `kernels/`; it is built with `-O3 -march=native -fopenmp` into a private cache folder
+(`$HF_MM_KERNEL_CACHE`, else `~/.cache/hf_mm/kernels`, else `$TMPDIR/hf_mm-kernels-<uid>`), keyed by the
+source, the flags and this CPU, so a cache shared between different machines never runs code built for another
+CPU. Without a compiler, or with `HF_MM_NATIVE_KERNELS=0`, `skinny_linear` returns `None` and callers use torch.
 """
 
 from __future__ import annotations
@@ -37,13 +37,27 @@ def _cpu_identity() -> str:
     return "\n".join(sorted(set(keep)))
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("HF_MM_KERNEL_CACHE") or Path.home() / ".cache" / "hf_mm" / "kernels")
+def _cache_dirs() -> list[Path]:
+    """Where a built kernel may live: `$HF_MM_KERNEL_CACHE` alone if set, else the user cache, then a private
+    per-user folder in the temp dir (for read-only homes)."""
+    if os.environ.get("HF_MM_KERNEL_CACHE"):
+        return [Path(os.environ["HF_MM_KERNEL_CACHE"])]
+    return [Path.home() / ".cache" / "hf_mm" / "kernels", Path(tempfile.gettempdir()) / f"hf_mm-kernels-{os.getuid()}"]
+
+
+def _private_dir(path: Path) -> bool:
+    """Create `path` (mode 0700) if needed; True when it is ours and nobody else can write to it (we load code
+    from it)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = path.stat()
+        return st.st_uid == os.getuid() and not st.st_mode & 0o022 and os.access(path, os.W_OK)
+    except OSError:
+        return False
 
 
 def _build(source: Path, target: Path, compiler: str) -> None:
     """Compile to a temporary file, then rename: concurrent builders never load a half-written library."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
@@ -63,8 +77,11 @@ def load_skinny_linear():
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(),
                                      _cpu_identity().encode(), torch.__version__.encode()])).hexdigest()[:16]
-    target = _cache_dir() / f"skinny_linear-{key}.so"
+    folder = next((d for d in _cache_dirs() if _private_dir(d)), None)
     try:
+        if folder is None:
+            raise OSError(f"no writable private cache folder among {[str(d) for d in _cache_dirs()]}")
+        target = folder / f"skinny_linear-{key}.so"
         if not target.exists():
             _build(SOURCE, target, compiler)
         fn = ctypes.CDLL(str(target)).hf_mm_skinny_linear

@@ -176,3 +176,14 @@ def test_loaded_model_generates_exactly_like_the_one_built_in_memory(tmp_path, f
     assert torch.equal(ours.sequences, theirs.sequences)
     for a, b in zip(ours.scores, theirs.scores):
         assert torch.equal(a, b)
+
+
+def test_unusable_cache_folders_fall_back_to_torch(monkeypatch, tmp_path, caplog, fresh_kernel_loader):
+    """A cache folder others can write to is never used: the kernel is loaded as code from it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("HF_MM_KERNEL_CACHE", str(shared))
+    with caplog.at_level(logging.WARNING, logger="hf_mm.layers.native"):
+        assert load_skinny_linear() is None
+    assert "no writable private cache folder" in caplog.text and list(shared.iterdir()) == []
