@@ -6,6 +6,8 @@ reference is the strongest naive loop over its own modules: the media are encode
 `perceiver_resampler`, as forward does), then each step runs forward's decoder part (`token_emb`, the PaLM
 blocks and gated cross-attention with `media_locations = text == media_token_id`, `to_logits`) over the whole
 prefix. The library's own per-step `forward(text, images=...)` loop is timed as well (a detail in the JSON).
+A second row reports decode only (no target): each side's media encoding (ViT + perceiver), timed alone, is
+subtracted, as the CoCa rows do with the image encoding.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ def run(tiny: bool, repeats: int, warmup: int) -> list[Result]:
     expected = reference_greedy(ref, prompt, images, n)
     verified = check_tokens(expected, ours(), "Flamingo greedy")
     check_tokens(expected, reference_forward_greedy(ref, prompt, images, n), "flamingo-pytorch forward loop")
+
     @torch.no_grad()
     def ref_encode():  # what reference_greedy runs once before decoding
         ref.perceiver_resampler(ref.img_encoder(images.flatten(0, 1)).unflatten(0, images.shape[:2]))
