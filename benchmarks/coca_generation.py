@@ -23,13 +23,12 @@ every run decodes exactly `new_tokens` tokens.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from conversion.open_clip_coca import convert
 
-from .common import Result, check_tokens, interleaved_times, log, median, require_reference, seeded_randn
+from .common import (Result, check_tokens, interleaved_times, log, median, one_token_forward_fn, per_token_details,
+                     require_reference, seeded_randn)
 
 FULL = dict(model="coca_ViT-B-32", batch=4, new_tokens=(20, 60), beams=6)
 TINY = dict(batch=2, new_tokens=(3, 6), beams=3)
@@ -97,25 +96,13 @@ def _hf_generate(model, images, new_tokens: int, num_beams: int = 1) -> torch.Te
 
 
 def _cache_floor_fn(model, images, prefix_len: int, batch_rows: int):
-    """One cached single-token forward (text tower + decoder + lm_head) after a `prefix_len` prefix, timed alone;
-    like generate(), the `batch_rows // b` beams of an image share its cross-attention K/V."""
+    """One cached single-token forward (text tower + decoder + lm_head) after a `prefix_len` prefix; like
+    generate(), the `batch_rows // b` beams of an image share its cross-attention K/V."""
     bos = model.config.text_config.bos_token_id
     prefix = torch.full((batch_rows, prefix_len), bos, dtype=torch.long)
-    with torch.no_grad():
-        cache = model(input_ids=prefix, pixel_values=images, sequences_per_image=batch_rows // images.shape[0],
-                      use_cache=True).past_key_values
-    step = torch.full((batch_rows, 1), bos, dtype=torch.long)
-
-    def run() -> float:
-        import time
-
-        fresh = copy.deepcopy(cache)
-        with torch.no_grad():
-            start = time.perf_counter()
-            model(input_ids=step, past_key_values=fresh, use_cache=True)
-            return time.perf_counter() - start
-
-    return run
+    return one_token_forward_fn(
+        model, dict(input_ids=prefix, pixel_values=images, sequences_per_image=batch_rows // images.shape[0]),
+        dict(input_ids=prefix[:, :1]))
 
 
 def run(tiny: bool, repeats: int, warmup: int) -> list[Result]:
@@ -158,12 +145,10 @@ def run(tiny: bool, repeats: int, warmup: int) -> list[Result]:
                 reference_s=ref_decode, hf_mm_s=ours_decode, target=10.0 if beams == 1 else 8.0,
                 verified=verified, short=f"CoCa {mode}\n{n} tokens",
                 details={
-                    "batch": cfg["batch"], "num_beams": beams, "new_tokens": n,
+                    "batch": cfg["batch"], "num_beams": beams,
                     "reference_total_s": med["reference"], "hf_mm_total_s": med["hf_mm"],
                     "reference_encode_s": med["reference_encode"], "hf_mm_encode_s": med["hf_mm_encode"],
-                    "reference_decode_per_token_s": ref_decode / n, "hf_mm_decode_per_token_s": ours_decode / n,
-                    "hf_mm_one_token_forward_s": med["hf_mm_step"],
-                    "hf_mm_decode_per_token_over_floor": (ours_decode / n) / med["hf_mm_step"],
+                    **per_token_details(ref_decode, ours_decode, n, med["hf_mm_step"]),
                     "raw_times": times,
                 },
             ))

@@ -8,6 +8,7 @@ reference interleaved (and their order alternated) so background load affects bo
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import statistics
@@ -104,6 +105,30 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup
             elapsed = time.perf_counter() - start
             times[name].append(out if isinstance(out, float) else elapsed)
     return times
+
+
+def one_token_forward_fn(model, prefix: dict, step: dict) -> Callable[[], float]:
+    """The cache floor: a callable timing one cached forward of `step` (one new token per row) after the model
+    has run `prefix` (its inputs, with `use_cache=True`). Each call copies the prefix cache first (untimed) and
+    returns the seconds of the forward alone, which `interleaved_times` then uses."""
+    with torch.no_grad():
+        cache = model(**prefix, use_cache=True).past_key_values
+
+    def run() -> float:
+        fresh = copy.deepcopy(cache)
+        with torch.no_grad():
+            start = time.perf_counter()
+            model(**step, past_key_values=fresh, use_cache=True)
+            return time.perf_counter() - start
+
+    return run
+
+
+def per_token_details(reference_decode_s: float, hf_mm_decode_s: float, new_tokens: int, floor_s: float) -> dict:
+    """The per-token decode cost of both sides and hf_mm's against its one-token forward (the cache floor)."""
+    return {"new_tokens": new_tokens, "reference_decode_per_token_s": reference_decode_s / new_tokens,
+            "hf_mm_decode_per_token_s": hf_mm_decode_s / new_tokens, "hf_mm_one_token_forward_s": floor_s,
+            "hf_mm_decode_per_token_over_floor": hf_mm_decode_s / new_tokens / floor_s}
 
 
 def log(message: str) -> None:

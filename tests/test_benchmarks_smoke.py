@@ -41,10 +41,19 @@ def test_report_files_written_with_every_benchmark_verified(tiny_run):
     assert all(r["details"]["gradient_max_abs_diff"] for r in training)
     coca = [r for r in rows if r["family"] == "CoCa"]
     assert {(r["details"]["num_beams"], r["details"]["new_tokens"]) for r in coca} == {(1, 3), (1, 6), (3, 3), (3, 6)}
+    per_token = [r for r in generation if "hf_mm_one_token_forward_s" in r["details"]]
+    assert sorted(r["family"] for r in per_token) == ["CoCa"] * 4 + ["DALL-E", "Flamingo"]
+    for r in per_token:
+        d = r["details"]
+        assert d["hf_mm_one_token_forward_s"] > 0 and d["hf_mm_decode_per_token_s"] > 0, r
+        assert d["hf_mm_decode_per_token_over_floor"] == pytest.approx(
+            d["hf_mm_decode_per_token_s"] / d["hf_mm_one_token_forward_s"], rel=1e-6)
 
     markdown = (tiny_run / "results.md").read_text()
-    assert markdown.count("\n| CoCa |") == 4 and "| DALL-E |" in markdown and "| Flamingo |" in markdown
     assert "cache floor" in markdown
+    main_table, floor_table = markdown.split("cache floor")
+    assert main_table.count("\n| CoCa |") == 4 and "| DALL-E |" in main_table and "| Flamingo |" in main_table
+    assert floor_table.count("\n| CoCa |") == 4 and "\n| Flamingo |" in floor_table and "\n| DALL-E |" in floor_table
     png = (tiny_run / "speedups.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
