@@ -4,8 +4,11 @@
   initialised and only a warning is logged), ignores unexpected ones, and reports wrong shapes only in the
   log. hf_mm models raise `CheckpointMismatchError` listing every missing, unexpected and mis-shaped tensor
   instead, and a truncated or corrupt safetensors file raises `CheckpointCorruptError` naming the file.
-  Tied weights and non-persistent buffers are never reported (transformers rebuilds them). `strict=False`
+  Tied weights and non-persistent buffers are never reported. `strict=False`
   restores transformers' lenient behaviour, for deliberate partial loads.
+- Non-persistent buffers (rotary frequencies, sin-cos positions, normalisation constants) are not in
+  checkpoints and `from_pretrained` builds the model on the meta device, so `_init_weights` rebuilds them
+  through each module's `reset_buffers()` (`reset_non_persistent_buffers`).
 - A loaded model computes exactly what the same model built in memory computes: weights are re-aligned
   after loading (`align_tensors`).
 - save -> load -> save writes byte-identical files (sub-configs record their dtype on the first save too).
@@ -71,8 +74,22 @@ def align_tensors(model: nn.Module, alignment: int = 64) -> None:
                     module._buffers[name] = buffer.clone()
 
 
+@torch.no_grad()
+def reset_non_persistent_buffers(module: nn.Module) -> None:
+    """Rebuild `module`'s own non-persistent buffers, if it has any (modules that own some define
+    `reset_buffers()`)."""
+    reset = getattr(module, "reset_buffers", None)
+    if callable(reset):
+        reset()
+
+
 class HfMmPreTrainedModel(PreTrainedModel):
     """PreTrainedModel with strict `from_pretrained` and validated `generate()` arguments (see module doc)."""
+
+    def _init_weights(self, module):
+        """transformers' defaults, then the module's non-persistent buffers (families extend this)."""
+        super()._init_weights(module)
+        reset_non_persistent_buffers(module)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):

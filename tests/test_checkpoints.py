@@ -112,6 +112,42 @@ def test_clean_folder_loads_with_nothing_missing_and_identical_outputs(saved, fa
     assert torch.equal(expected, got)
 
 
+# every kind of non-persistent buffer (not in checkpoints, so rebuilt after the meta-device build)
+WITH_BUFFERS = {
+    "x_clip rotary text": ("x_clip", dict(text_config={**tm.x_clip_config().text_config.to_dict(),
+                                                      "position_embedding_type": "rotary"})),
+    "x_clip visual SSL augmentation": ("x_clip", dict(use_visual_ssl=True)),
+    "coca sin-cos vision": ("coca", dict(vision_config={**tm.coca_config().vision_config.to_dict(),
+                                                       "position_embedding_type": "sincos2d", "class_token": False})),
+    "coca rotary": ("coca_lucidrains", {}),
+    "flamingo rotary": ("flamingo", {}),
+}
+
+
+@pytest.mark.parametrize("case", WITH_BUFFERS)
+def test_non_persistent_buffers_are_rebuilt_after_loading(case, tmp_path):
+    family, overrides = WITH_BUFFERS[case]
+    model = tm.build(family, **overrides)
+    transient = [name for name, module in model.named_modules() for buffer in module._non_persistent_buffers_set
+                 if not name.startswith("text_model.language_model")]
+    assert transient, f"{case}: the config builds no non-persistent buffer"
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    expected, got = dict(model.named_buffers()), dict(loaded.named_buffers())
+    assert expected.keys() == got.keys()
+    for name, buffer in expected.items():
+        assert torch.equal(buffer, got[name]), f"{case}: buffer {name} differs after from_pretrained"
+    if family == "x_clip" and overrides.get("use_visual_ssl"):
+        model.train(), loaded.train()  # the visual SSL loss (it normalises with the buffers) runs in training
+    batch = tm.inputs(family, model)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        want = model(**batch, return_loss=True).loss if model.training else tm.main_output(family, model(**batch))
+        torch.manual_seed(0)
+        have = loaded(**batch, return_loss=True).loss if model.training else tm.main_output(family, loaded(**batch))
+    assert torch.isfinite(want).all() and torch.equal(want, have)
+
+
 @pytest.mark.parametrize("family", tm.FAMILIES)
 def test_missing_tensor_is_an_error_naming_it(saved, family, tmp_path):
     model, folder = saved[family]

@@ -11,17 +11,11 @@ from transformers import initialization as init
 
 from .blocks import AttentionalPooler, LayerScale
 from .contrastive import LogitScale
-from .rotary import RotaryEmbedding
-from .vision import VisionTransformer, sincos_2d_position_embedding
+from .vision import VisionTransformer
 
 
 @torch.no_grad()
 def init_shared_layer(module, std: float = 0.02) -> None:
-    # non-persistent buffers are not in checkpoints: from_pretrained (meta-device build) leaves them empty
-    if isinstance(module, RotaryEmbedding):
-        module.inv_freq.copy_(RotaryEmbedding.compute_inv_freq(module.rot_dim, module.base))
-    elif isinstance(module, VisionTransformer) and module.config.position_embedding_type == "sincos2d":
-        module.position_embedding.copy_(sincos_2d_position_embedding(module.config.grid_size, module.config.hidden_size))
     if isinstance(module, LayerScale):
         init.constant_(module.gamma, module.init_value)
     elif isinstance(module, LogitScale):

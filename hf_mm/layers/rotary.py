@@ -19,6 +19,10 @@ class RotaryEmbedding(nn.Module):
         self.rot_dim, self.base, self.interleaved = rot_dim, base, interleaved
         self.register_buffer("inv_freq", self.compute_inv_freq(rot_dim, base), persistent=False)
 
+    def reset_buffers(self) -> None:
+        """Recompute `inv_freq` (not saved in checkpoints; called by `_init_weights` after loading)."""
+        self.inv_freq.copy_(self.compute_inv_freq(self.rot_dim, self.base))
+
     @staticmethod
     def compute_inv_freq(rot_dim: int, base: float = 10000.0) -> torch.Tensor:
         return 1.0 / (base ** (torch.arange(0, rot_dim, 2).float() / rot_dim))

@@ -71,6 +71,11 @@ class VisionTowerConfig(PreTrainedConfig):
             raise ValueError(
                 f"vision_config.position_embedding_type must be 'learned' or 'sincos2d', got {self.position_embedding_type!r}"
             )
+        if self.position_embedding_type == "sincos2d" and self.class_token:
+            raise ValueError(
+                "vision_config.position_embedding_type='sincos2d' (vit-pytorch SimpleViT) has positions for the patches "
+                "only: set class_token=False"
+            )
 
     @property
     def grid_size(self) -> int:
@@ -160,6 +165,11 @@ class VisionTransformer(nn.Module):
             for _ in range(config.num_hidden_layers)
         )
         self.final_norm = LayerNorm(d, eps=config.layer_norm_eps) if config.final_norm else None
+
+    def reset_buffers(self) -> None:
+        """Recompute the sin-cos position table (not saved in checkpoints; called by `_init_weights`)."""
+        if self.config.position_embedding_type != "learned":
+            self.position_embedding.copy_(sincos_2d_position_embedding(self.config.grid_size, self.config.hidden_size))
 
     def check_pixel_values(self, pixel_values: torch.Tensor, name: str = "pixel_values") -> None:
         """`(batch, num_channels, image_size, image_size)`, finite floats (see `validation.check_pixel_values`)."""

@@ -140,3 +140,16 @@ def test_logit_scale_is_clamped_and_loss_checks_batches():
         contrastive_loss(img, txt, scale())
     loss = contrastive_loss(img, img, torch.tensor(100.0))
     assert loss < 1e-3  # perfectly aligned pairs
+
+
+def test_sincos_vision_tower_has_patch_positions_only():
+    """vit-pytorch SimpleViT's fixed 2-D sin-cos table covers the patches: a class token is refused up front
+    (it used to fail with a size mismatch at the first forward)."""
+    from hf_mm.layers import VisionTowerConfig, VisionTransformer
+
+    tower = dict(image_size=16, patch_size=8, hidden_size=32, num_attention_heads=2, num_hidden_layers=1,
+                 intermediate_size=64, position_embedding_type="sincos2d")
+    with pytest.raises(ValueError, match="sincos2d.*class_token=False"):
+        VisionTransformer(VisionTowerConfig(**tower))
+    out = VisionTransformer(VisionTowerConfig(**tower, class_token=False))(torch.rand(2, 3, 16, 16))
+    assert out.shape == (2, 4, 32)

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import ModelOutput
 
 from hf_mm.layers import LayerNorm, Linear, TransformerBlock, init_shared_layer
 from hf_mm.layers.validation import check_same_batch, check_token_ids
-from hf_mm.modeling_utils import HfMmPreTrainedModel
+from hf_mm.modeling_utils import HfMmPreTrainedModel, reset_non_persistent_buffers
 
 from .attention_patterns import attention_pattern_mask
 from .configuration_dalle import DalleConfig, layer_scale_init
@@ -129,7 +129,8 @@ class DallePreTrainedModel(HfMmPreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = False
 
-    def _init_weights(self, module):
+    def _init_weights(self, module):  # replaces transformers' defaults (does not chain to them)
+        reset_non_persistent_buffers(module)
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             init.normal_(module.weight, std=std)

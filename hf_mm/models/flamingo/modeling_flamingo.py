@@ -80,9 +80,6 @@ class FlamingoPreTrainedModel(HfMmPreTrainedModel):
                 nn.init.normal_(module.class_embedding, std=std)
             if isinstance(module.position_embedding, nn.Parameter):
                 nn.init.normal_(module.position_embedding, std=std)
-        elif isinstance(module, RotaryEmbedding):  # non-persistent: rebuilt after loading on the meta device
-            with torch.no_grad():
-                module.inv_freq.copy_(RotaryEmbedding.compute_inv_freq(module.rot_dim, module.base))
         elif isinstance(module, LayerNorm):
             nn.init.ones_(module.weight)
             if module.bias is not None:

@@ -1,10 +1,11 @@
 """SimCLR-style image augmentations for x-clip's visual SSL, in plain torch (no torchvision).
 
 Each module maps `pixel_values (b, c, H, W)` (float, 0..1 before normalisation) to the same shape, drawing
-one set of random parameters per call (as torchvision does for a batched tensor).
+one set of random parameters per call (as torchvision does for a batched tensor), drawn from torch's global
+generator (as torchvision does), so `torch.manual_seed` makes them reproducible.
 """
 
-import random
+import math
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,15 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def uniform(low: float, high: float) -> float:
+    return float(torch.empty(1).uniform_(low, high))
+
+
+def chance(p: float) -> bool:
+    """True with probability `p`."""
+    return float(torch.rand(1)) < p
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -43,14 +53,13 @@ class ColorJitter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ops = [self._brightness, self._contrast, self._saturation, self._hue]
-        random.shuffle(ops)
-        for op in ops:
-            x = op(x)
+        for i in torch.randperm(len(ops)).tolist():
+            x = ops[i](x)
         return x
 
     @staticmethod
     def _factor(strength: float) -> float:
-        return random.uniform(max(0.0, 1 - strength), 1 + strength)
+        return uniform(max(0.0, 1 - strength), 1 + strength)
 
     def _brightness(self, x):
         return (x * self._factor(self.brightness)).clamp(0, 1)
@@ -64,7 +73,7 @@ class ColorJitter(nn.Module):
         return (gray + self._factor(self.saturation) * (x - gray)).clamp(0, 1)
 
     def _hue(self, x):
-        return rotate_hue(x, random.uniform(-self.hue, self.hue)).clamp(0, 1)
+        return rotate_hue(x, uniform(-self.hue, self.hue)).clamp(0, 1)
 
 
 class RandomApply(nn.Module):
@@ -75,7 +84,7 @@ class RandomApply(nn.Module):
         self.module, self.p = module, p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x) if random.random() < self.p else x
+        return self.module(x) if chance(self.p) else x
 
 
 class RandomGrayscale(nn.Module):
@@ -84,7 +93,7 @@ class RandomGrayscale(nn.Module):
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return grayscale(x) if random.random() < self.p else x
+        return grayscale(x) if chance(self.p) else x
 
 
 class RandomHorizontalFlip(nn.Module):
@@ -93,7 +102,7 @@ class RandomHorizontalFlip(nn.Module):
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flip(-1) if random.random() < self.p else x
+        return x.flip(-1) if chance(self.p) else x
 
 
 class GaussianBlur(nn.Module):
@@ -104,7 +113,7 @@ class GaussianBlur(nn.Module):
         self.kernel_size, self.sigma = kernel_size, sigma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sigma = random.uniform(*self.sigma)
+        sigma = uniform(*self.sigma)
         half = (self.kernel_size - 1) / 2
         coords = torch.linspace(-half, half, self.kernel_size, dtype=x.dtype, device=x.device)
         kernel_1d = torch.softmax(-(coords**2) / (2 * sigma**2), dim=0)
@@ -123,12 +132,11 @@ class RandomResizedCrop(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         for _ in range(10):
-            area = h * w * random.uniform(*self.scale)
-            log_ratio = (torch.log(torch.tensor(self.ratio[0])), torch.log(torch.tensor(self.ratio[1])))
-            aspect = float(torch.exp(torch.empty(1).uniform_(*log_ratio)))
+            area = h * w * uniform(*self.scale)
+            aspect = math.exp(uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
             cw, ch = round((area * aspect) ** 0.5), round((area / aspect) ** 0.5)
             if 0 < cw <= w and 0 < ch <= h:
-                top, left = random.randint(0, h - ch), random.randint(0, w - cw)
+                top, left = int(torch.randint(0, h - ch + 1, ())), int(torch.randint(0, w - cw + 1, ()))
                 break
         else:  # fall back to the whole image
             top, left, ch, cw = 0, 0, h, w
@@ -139,8 +147,14 @@ class RandomResizedCrop(nn.Module):
 class Normalize(nn.Module):
     def __init__(self, mean, std):
         super().__init__()
+        self.mean_values, self.std_values = tuple(mean), tuple(std)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def reset_buffers(self) -> None:
+        """Refill `mean` / `std` (not saved in checkpoints; called by `_init_weights` after loading)."""
+        self.mean.copy_(torch.tensor(self.mean_values).view(1, -1, 1, 1))
+        self.std.copy_(torch.tensor(self.std_values).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.to(x)) / self.std.to(x)
