@@ -34,6 +34,11 @@ class DalleProcessor(ProcessorMixin):
         return BatchFeature({"input_ids": input_ids}, tensor_type=return_tensors)
 
     def post_process_multimodal_output(self, generated_outputs, skip_special_tokens=True, generation_mode=None, **kwargs):
-        if generation_mode == "image":
-            return to_pil_images(generated_outputs)
-        return super().post_process_multimodal_output(generated_outputs, skip_special_tokens, generation_mode, **kwargs)
+        """`generated_outputs`: decoded images `(b, c, H, W)` -> PIL images. DALL-E outputs only images, so text
+        mode (the any-to-any pipeline's default) is refused rather than decoding image codes as words."""
+        if generation_mode != "image":
+            raise ValueError(
+                f"DALL-E generates images, not text (generation_mode={generation_mode!r}): pass "
+                "generation_mode='image' to each any-to-any pipeline call"
+            )
+        return to_pil_images(generated_outputs)

@@ -85,6 +85,9 @@ def test_any_to_any_pipeline_returns_images(tmp_path):
     assert out[0]["generated_image"].size == (size, size)
     expected = model.generate_images(processor("a blue dog")["input_ids"], do_sample=False).images[0]
     assert out[0]["generated_image"].tobytes() == expected.tobytes()
+    # the pipeline's default mode is text: refused (it used to decode the image codes as words)
+    with pytest.raises(ValueError, match="generation_mode='image'"):
+        pipe(text="a blue dog", generate_kwargs=dict(do_sample=False))
 
 
 def test_bad_input_raises_value_errors_naming_the_argument():
