@@ -18,12 +18,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from .layers.validation import check_generation_config
+
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(ValueError):
@@ -135,6 +140,11 @@ class HfMmPreTrainedModel(PreTrainedModel):
     def _prepare_generation_config(self, generation_config, **kwargs):
         generation_config, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
         check_generation_config(generation_config)
+        if self.training and self.is_activation_checkpointing and generation_config.use_cache is not False:
+            # checkpointed blocks drop the cache, while a cached step feeds only the newest token
+            logger.warning("generate() in training mode with gradient checkpointing decodes without a cache (the "
+                           "checkpointed blocks cannot fill one); call model.eval() first for cached decoding")
+            generation_config.use_cache = False
         return generation_config, model_kwargs
 
 

@@ -155,6 +155,12 @@ CASES = [
      [r"temperature", r"(> 0|strictly positive)"]),
     ("flamingo-generate-num-return-sequences-0", lambda: generate("flamingo", dict(num_return_sequences=0)),
      ValueError, [r"num_return_sequences", r">= 1"]),
+    ("coca-generate-num-beams-fractional", lambda: generate("coca", dict(num_beams=2.5)), TypeError,
+     [r"num_beams", r"an integer >= 1", r"2\.5"]),
+    ("flamingo-generate-max-new-tokens-fractional", lambda: generate("flamingo", dict(max_new_tokens=2.5)), TypeError,
+     [r"max_new_tokens", r"an integer >= 1", r"2\.5"]),
+    ("coca-generate-num-return-sequences-fractional",
+     lambda: generate("coca", dict(do_sample=True, num_return_sequences=1.5)), TypeError, [r"num_return_sequences", r"integer"]),
     ("dalle-generate-filter-thres-1", lambda: generate("dalle", dict(filter_thres=1.0, do_sample=True)), ValueError,
      [r"filter_thres", r"\[0, 1\)"]),
     # ---- x-clip ---------------------------------------------------------------------------------------------

@@ -160,6 +160,7 @@ def check_generation_config(generation_config) -> None:
     """Reject generation settings that cannot produce a valid sequence (transformers accepts some of them
     silently, e.g. `top_p=1.5`, or fails deep inside, e.g. `num_beams=0`)."""
     g = generation_config
+    integers = {"max_new_tokens", "max_length", "min_new_tokens", "num_beams", "num_return_sequences", "top_k"}
     checks = [
         ("max_new_tokens", g.max_new_tokens, lambda v: v >= 1, "an integer >= 1"),
         ("max_length", g.max_length, lambda v: v >= 1, "an integer >= 1"),
@@ -176,7 +177,7 @@ def check_generation_config(generation_config) -> None:
     for name, value, valid, expected in checks:
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, int if name in integers else (int, float)):
             raise TypeError(f"{name} must be {expected}, got {value!r}")
         if value != value or not valid(value):  # value != value: NaN
             raise ValueError(f"{name} must be {expected}, got {value!r}")
