@@ -129,7 +129,7 @@ class CocaConfig(PreTrainedConfig):
     # training with the caption loss: the text tower, decoder and head skip the positions that neither the loss
     # nor the CLS embedding reads (padding); the returned logits there are 0. False: compute every position.
     skip_unused_positions: bool = True
-    tie_word_embeddings: bool = False
+    tie_word_embeddings: bool | None = None  # None: text_config's; True / False: sets text_config's
     use_cache: bool = True
     initializer_range: float = 0.02
 
@@ -157,6 +157,8 @@ class CocaConfig(PreTrainedConfig):
         self.attn_pooler_num_key_value_heads = self.attn_pooler_num_key_value_heads or self.attn_pooler_heads
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             kwargs.setdefault(name, getattr(self.text_config, name))
+        if self.tie_word_embeddings is not None:
+            self.text_config.tie_word_embeddings = bool(self.tie_word_embeddings)
         super().__post_init__(**kwargs)
         self.tie_word_embeddings = self.text_config.tie_word_embeddings
 

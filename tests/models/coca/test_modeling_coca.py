@@ -110,6 +110,27 @@ def test_model_type_and_tied_weights_in_config(tmp_path):
     assert reloaded.lm_head.weight.data_ptr() == reloaded.text_model.embed_tokens.weight.data_ptr()
 
 
+@pytest.mark.parametrize("how", ["constructor", "attribute"])
+@pytest.mark.parametrize("tie", [True, False])
+def test_top_level_tie_word_embeddings_is_honoured_and_round_trips(tmp_path, how, tie):
+    """The top-level flag (what transformers users set) used to be overwritten by text_config's, and setting it
+    after construction saved a folder that failed to load (lm_head.weight missing)."""
+    base = dict(LUCIDRAINS_STYLE) if not tie else dict(text_config=tiny_coca_config().text_config.to_dict(),
+                                                       vision_config=tiny_coca_config().vision_config.to_dict())
+    config = CocaConfig(**base, **({"tie_word_embeddings": tie} if how == "constructor" else {}))
+    if how == "attribute":
+        config.tie_word_embeddings = tie
+    model = CocaModel(config).eval()
+    assert (model.lm_head.weight is model.text_model.embed_tokens.weight) == tie
+    model.save_pretrained(tmp_path)
+    reloaded = CocaModel.from_pretrained(tmp_path).eval()
+    assert reloaded.config.tie_word_embeddings == reloaded.config.text_config.tie_word_embeddings == tie
+    assert (reloaded.lm_head.weight.data_ptr() == reloaded.text_model.embed_tokens.weight.data_ptr()) == tie
+    batch = _batch(cfg=config)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
+
+
 @pytest.mark.parametrize("style", ["open_clip", "coca_pytorch"])
 def test_sdpa_equals_eager(style):
     torch.manual_seed(0)
