@@ -156,6 +156,15 @@ def check_texts_per_image(texts: tuple[str, torch.Tensor], images: tuple[str, to
                          f"sequences_per_image={sequences_per_image}; expected {image.shape[0] * sequences_per_image}")
 
 
+def check_output_options(model_name: str, kwargs: dict) -> None:
+    """Refuse `output_attentions` / `output_hidden_states` (from forward or generate()) instead of ignoring them,
+    which made `generate(..., return_dict_in_generate=True)` fail deep inside transformers."""
+    asked = [name for name in ("output_attentions", "output_hidden_states") if kwargs.get(name)]
+    if asked:
+        raise ValueError(f"{' and '.join(asked)}=True is not supported by {model_name}: it returns no per-layer "
+                         "attentions or hidden states (register forward hooks on its layers to collect them)")
+
+
 def check_generation_config(generation_config) -> None:
     """Reject generation settings that cannot produce a valid sequence (transformers accepts some of them
     silently, e.g. `top_p=1.5`, or fails deep inside, e.g. `num_beams=0`)."""

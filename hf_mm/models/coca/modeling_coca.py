@@ -36,7 +36,8 @@ from ...layers import (
     self_attention_mask,
 )
 from ...layers.validation import (
-    check_attention_mask, check_embeddings, check_positive_int, check_texts_per_image, check_token_ids,
+    check_attention_mask, check_embeddings, check_output_options, check_positive_int, check_texts_per_image,
+    check_token_ids,
 )
 from ...modeling_utils import HfMmPreTrainedModel
 from .configuration_coca import CocaConfig
@@ -122,8 +123,12 @@ class CocaTextModel(nn.Module):
         needed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`needed (b, n)` bool: token states used later (the CLS always is); the per-token layers skip rows
-        that none of them reads, whose states are then not meaningful."""
+        that none of them reads, whose states are then not meaningful. Padded positions (`attention_mask` 0) are
+        embedded as `pad_token_id` whatever id the tokenizer padded with: open_clip's CLS sees the first pad."""
         b, n = input_ids.shape
+        pad_id = self.config.text_config.pad_token_id
+        if attention_mask is not None and pad_id is not None:
+            input_ids = input_ids.masked_fill(attention_mask[:, -n:] == 0, pad_id)
         x = self.embed_tokens(input_ids)
         positions = position_ids
         if append_cls:
@@ -277,15 +282,22 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
     # -- image side -----------------------------------------------------------------------------------
     def encode_image_tokens(self, pixel_values=None, image_embeds=None) -> torch.Tensor:
         """`pixel_values (b, 3, H, W)` or `image_embeds (b, m, image_embed_dim)` -> image tokens `(b, m, d_img)`."""
+        self.check_image_inputs(pixel_values, image_embeds)
+        if pixel_values is not None:
+            return self.vision_model(pixel_values)
+        return image_embeds.to(self.visual_projection.weight.dtype)
+
+    def check_image_inputs(self, pixel_values=None, image_embeds=None) -> None:
+        """Exactly one image input, of the shape this model takes (ValueError naming the argument otherwise)."""
         if (pixel_values is None) == (image_embeds is None):
             raise ValueError("pass exactly one of pixel_values (images) or image_embeds (precomputed image tokens)")
         if pixel_values is not None:
             if self.vision_model is None:
                 raise ValueError("this CoCa has no vision tower (vision_config=None): pass image_embeds instead of pixel_values")
-            return self.vision_model(pixel_values)
-        check_embeddings(image_embeds, "image_embeds", layout=("batch", "num_image_tokens"),
-                         width=self.config.image_embed_dim, width_field="image_embed_dim")
-        return image_embeds.to(self.visual_projection.weight.dtype)
+            self.vision_model.check_pixel_values(pixel_values)
+        else:
+            check_embeddings(image_embeds, "image_embeds", layout=("batch", "num_image_tokens"),
+                             width=self.config.image_embed_dim, width_field="image_embed_dim")
 
     def pool_image(self, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(b, m, d_img) -> pooled (b, d_pool), decoder context (b, q - 1 or m - 1, d_pool)`."""
@@ -342,6 +354,7 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         """
         if input_ids is None:
             raise ValueError("input_ids is required (use get_image_features for images alone)")
+        check_output_options(type(self).__name__, kwargs)
         use_cache = bool(use_cache) or past_key_values is not None
         if use_cache and past_key_values is None:
             past_key_values = self.new_cache()
@@ -396,7 +409,7 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
             out.contrastive_loss = contrastive_loss(out.image_embeds, out.text_embeds, self.logit_scale())
             out.loss = (self.config.caption_loss_weight * out.caption_loss
                         + self.config.contrastive_loss_weight * out.contrastive_loss)
-        return out
+        return out if kwargs.get("return_dict", True) is not False else out.to_tuple()
 
     @staticmethod
     def _decoder_mask(attention_mask, n: int):
@@ -440,6 +453,12 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         return F.cross_entropy(at_least_fp32(logits.flatten(0, 1)), targets.flatten(), ignore_index=-100)
 
     # -- generation hooks -----------------------------------------------------------------------------
+    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None,
+                                      **model_kwargs):
+        # the image inputs are checked first, so a malformed one is named as such (not as a batch mismatch)
+        self.check_image_inputs(model_kwargs.get("pixel_values"), model_kwargs.get("image_embeds"))
+        return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
+
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, pixel_values=None, image_embeds=None,
                                       **kwargs):
         inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)

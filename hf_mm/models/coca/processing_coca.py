@@ -66,8 +66,17 @@ class CocaProcessor(ProcessorMixin):
             kwargs.setdefault("padding", True)
             kwargs.setdefault("truncation", True)
         out = super().__call__(images=images, text=text, **kwargs)
-        if self.text_pad_id is not None and "attention_mask" in out and hasattr(out["input_ids"], "masked_fill"):
-            out["input_ids"] = out["input_ids"].masked_fill(out["attention_mask"] == 0, self.text_pad_id)
+        if self.text_pad_id is not None and "attention_mask" in out:  # torch, numpy or lists alike
+            ids, mask = out["input_ids"], out["attention_mask"]
+            if hasattr(ids, "masked_fill"):
+                out["input_ids"] = ids.masked_fill(mask == 0, self.text_pad_id)
+            elif isinstance(ids, np.ndarray):
+                out["input_ids"] = np.where(np.asarray(mask) == 0, self.text_pad_id, ids)
+            else:
+                rows = [ids] if ids and not isinstance(ids[0], list) else ids
+                masks = [mask] if ids and not isinstance(ids[0], list) else mask
+                padded = [[t if m else self.text_pad_id for t, m in zip(r, mr)] for r, mr in zip(rows, masks)]
+                out["input_ids"] = padded if rows is ids else padded[0]
         return out
 
     @classmethod

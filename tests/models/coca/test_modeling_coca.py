@@ -267,3 +267,37 @@ def test_bad_config_raises_naming_the_field():
         CocaModel(tiny_coca_config(text_config=dict(padding_mask_style="weird")))
     with pytest.raises(ValueError, match="image_size"):
         CocaModel(tiny_coca_config(vision_config=dict(image_size=17, patch_size=8)))
+
+
+def test_padding_id_does_not_change_outputs_and_processor_pads_alike_for_every_tensor_type():
+    """open_clip's shifted CLS mask lets the CLS see the first padded position, so the id there mattered: the
+    model now embeds every padded position as `pad_token_id`, and the processor writes 0 there for torch, numpy
+    and list outputs alike (it used to only for torch)."""
+    from hf_mm.models.coca import CocaProcessor
+
+    torch.manual_seed(0)
+    model = CocaModel(tiny_coca_config()).eval()
+    assert model.config.text_config.padding_mask_style == "open_clip_legacy"
+    batch = _batch(cfg=model.config)
+    other_pad = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 7)
+    with torch.no_grad():
+        a = model(**batch)
+        b = model(**{**batch, "input_ids": other_pad})
+    assert torch.equal(a.text_embeds, b.text_embeds) and torch.equal(a.logits, b.logits)
+
+    processor = CocaProcessor.from_open_clip(image_size=16, context_length=24)
+    texts = ["a red circle", "a small blue square left of a circle!"]
+    expected = processor(text=texts, return_tensors="pt")["input_ids"]
+    assert expected[0, -1] == 0
+    assert torch.equal(torch.as_tensor(processor(text=texts, return_tensors="np")["input_ids"]), expected)
+    assert torch.equal(torch.tensor(processor(text=texts)["input_ids"]), expected)
+
+
+def test_return_dict_false_gives_the_output_tuple():
+    torch.manual_seed(0)
+    model = CocaModel(tiny_coca_config()).eval()
+    batch = _batch(cfg=model.config)
+    with torch.no_grad():
+        out, tup = model(**batch), model(**batch, return_dict=False)
+    assert isinstance(tup, tuple) and len(tup) == len(out.to_tuple())
+    assert all(torch.equal(a, b) for a, b in zip(out.to_tuple(), tup) if isinstance(a, torch.Tensor))
