@@ -28,7 +28,38 @@ from .open_clip_blocks import convert_multihead_attention, convert_residual_bloc
 
 
 def _act(block) -> str:
-    return "quick_gelu" if type(block.mlp.gelu).__name__ == "QuickGELU" else "gelu"
+    act = block.mlp.gelu
+    if type(act).__name__ == "QuickGELU":
+        return "quick_gelu"
+    if isinstance(act, torch.nn.GELU):
+        return "gelu_tanh" if act.approximate == "tanh" else "gelu"
+    raise ValueError(f"unsupported open_clip MLP activation {type(act).__name__} (supported: QuickGELU, GELU)")
+
+
+def _norm_eps(modules, where: str) -> float:
+    """The one LayerNorm eps of `modules` (a ValueError when they differ: hf_mm has one eps per tower)."""
+    eps = {m.eps for m in modules if isinstance(m, torch.nn.LayerNorm)}
+    if len(eps) != 1:
+        raise ValueError(f"open_clip {where} LayerNorms use several eps values {sorted(eps)}: unsupported")
+    return eps.pop()
+
+
+def check_supported(ref) -> None:
+    """Refuse the open_clip CoCa options hf_mm does not reproduce, instead of converting a model that would
+    compute something else."""
+    visual, problems = ref.visual, []
+    if getattr(visual, "attn_pool_contrastive", None) is not None:
+        problems.append("vision attn_pooler_type 'parallel' / 'cascade' (the paper's pooling; open_clip marks it WIP)")
+    if getattr(visual, "pool_type", "tok") != "tok":
+        problems.append(f"vision pool_type={visual.pool_type!r} (only 'tok')")
+    if getattr(visual, "final_ln_after_pool", False):
+        problems.append("vision final_ln_after_pool=True")
+    if _act(ref.text_decoder.resblocks[0]) != _act(ref.text.transformer.resblocks[0]):
+        problems.append("the decoder's MLP activation differs from the text tower's")
+    if isinstance(ref.text.text_projection, torch.nn.Linear):
+        problems.append("text proj_bias=True (a biased text projection)")
+    if problems:
+        raise ValueError("cannot convert this open_clip CoCa exactly: " + "; ".join(problems))
 
 
 def _layer_scale(block) -> float | None:
@@ -37,22 +68,29 @@ def _layer_scale(block) -> float | None:
 
 
 def build_config(ref, **overrides) -> CocaConfig:
-    """Read a `CocaConfig` off an open_clip CoCa module."""
+    """Read a `CocaConfig` off an open_clip CoCa module (refusing options hf_mm does not reproduce)."""
+    check_supported(ref)
     text, visual, dec = ref.text, ref.visual, ref.text_decoder
-    tb, vb = text.transformer.resblocks[0], visual.transformer.resblocks[0]
+    # hf_mm's text tower, decoder and image pooler (with ln_post after it) share one eps; the vision tower has its own
     pooler = getattr(visual, "attn_pool", None)
+    pooler_modules = [*pooler.modules(), visual.ln_post] if pooler is not None else []
+    text_eps = _norm_eps([*text.modules(), *dec.modules(), *pooler_modules], "text tower, decoder and image pooler")
+    vision_eps = _norm_eps([m for m in visual.modules() if not any(m is p for p in pooler_modules)], "vision tower")
+    tb, vb = text.transformer.resblocks[0], visual.transformer.resblocks[0]
     vision = dict(
         image_size=visual.image_size[0], patch_size=visual.patch_size[0], num_channels=visual.conv1.in_channels,
         hidden_size=visual.conv1.out_channels, num_hidden_layers=len(visual.transformer.resblocks),
         num_attention_heads=vb.attn.num_heads, intermediate_size=vb.mlp.c_fc.out_features, hidden_act=_act(vb),
         pre_norm=not isinstance(visual.ln_pre, torch.nn.Identity), final_norm=pooler is None,
         layer_scale_init=_layer_scale(vb), patch_dropout=float(getattr(visual.patch_dropout, "prob", 0.0)),
+        layer_norm_eps=vision_eps,
     )
     text_cfg = dict(
         vocab_size=text.vocab_size, hidden_size=text.width, num_hidden_layers=len(text.transformer.resblocks),
         num_attention_heads=tb.attn.num_heads, intermediate_size=tb.mlp.c_fc.out_features, hidden_act=_act(tb),
         layer_scale_init=_layer_scale(tb), max_position_embeddings=text.context_length,
         padding_mask_style="open_clip" if text.correct_cls_mask else "open_clip_legacy", pad_token_id=text.pad_id,
+        layer_norm_eps=text_eps,
     )
     for key in ("bos_token_id", "eos_token_id"):
         if key in overrides:

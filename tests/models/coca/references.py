@@ -20,6 +20,13 @@ OPEN_CLIP_CONFIGS = {
         vision_cfg=dict(image_size=24, patch_size=6, width=32, head_width=16, layers=1, attentional_pool=True,
                         attn_pooler_heads=3, attn_pooler_queries=5, output_tokens=True, ls_init_value=0.5),
     ),
+    "vision_norm_eps_gelu_tanh": dict(  # vision norm_kwargs / act_kwargs, read off the modules by the converter
+        embed_dim=32,
+        multimodal_cfg=dict(context_length=12, vocab_size=100, width=32, heads=2, layers=1),
+        text_cfg=dict(context_length=12, vocab_size=100, width=32, heads=2, layers=1, embed_cls=True, output_tokens=True),
+        vision_cfg=dict(image_size=16, patch_size=8, width=32, head_width=16, layers=1, attentional_pool=False,
+                        output_tokens=True, norm_kwargs=dict(eps=1e-3), act_kwargs=dict(approximate="tanh")),
+    ),
     "no_pooler_coca_base": dict(
         embed_dim=40,
         multimodal_cfg=dict(context_length=16, vocab_size=120, width=32, heads=2, layers=2),

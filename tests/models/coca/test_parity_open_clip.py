@@ -71,3 +71,30 @@ def test_every_source_tensor_is_accounted_for():
     conv = StateDictConverter(sd)
     with pytest.raises(UnmappedTensorsError, match="text.ln_final.bias"):
         convert_state_dict(conv, config)
+
+
+UNSUPPORTED = {  # open_clip options hf_mm does not reproduce: refused, never converted into a different model
+    "vision pool_type avg": (dict(vision_cfg=dict(pool_type="avg", attentional_pool=False)), "pool_type='avg'"),
+    "vision final_ln_after_pool": (dict(vision_cfg=dict(final_ln_after_pool=True, attentional_pool=False)),
+                                   "final_ln_after_pool"),
+    "text proj_bias": (dict(text_cfg=dict(proj_bias=True)), "proj_bias"),
+    # open_clip's decoder ignores multimodal norm/act kwargs: a text tower with other ones differs from it
+    "text norm eps": (dict(text_cfg=dict(norm_kwargs=dict(eps=1e-3))), "several eps"),
+    "text gelu tanh": (dict(text_cfg=dict(act_kwargs=dict(approximate="tanh"))), "decoder's MLP activation"),
+    "vision eps with a pooler": (dict(vision_cfg=dict(norm_kwargs=dict(eps=1e-3))), "several eps"),
+}
+
+
+@pytest.mark.parametrize("case", UNSUPPORTED)
+def test_unsupported_open_clip_options_are_refused(case):
+    import copy
+
+    coca_model = require_reference("open_clip.coca_model")
+    changes, message = UNSUPPORTED[case]
+    kwargs = copy.deepcopy(OPEN_CLIP_CONFIGS["attn_pool"])
+    for tower, values in changes.items():
+        kwargs[tower].update(values)
+    torch.manual_seed(0)
+    ref = coca_model.CoCa(**kwargs).eval()
+    with pytest.raises(ValueError, match=message):
+        convert(ref, bos_token_id=1, eos_token_id=2)
