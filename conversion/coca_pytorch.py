@@ -19,7 +19,8 @@ import torch
 from hf_mm.models.coca import CocaConfig, CocaModel
 
 from .common import (
-    Conversion, StateDictConverter, convert_from_reference, library_version, load_tokenizer, max_abs_diff,
+    Conversion, StateDictConverter, adopt_special_token_ids, convert_from_reference, library_version, load_tokenizer,
+    max_abs_diff,
     normalisation_note, read_json_argument, square_image_processor,
 )
 from .lucidrains import convert_bias_free_layernorm, convert_fused_kv_attention, convert_parallel_block
@@ -167,6 +168,7 @@ def run(args, progress) -> Conversion:
         processor = CocaProcessor(square_image_processor(image_size, CocaImageProcessor),
                                   load_tokenizer(args.tokenizer, cfg.text_config.vocab_size),
                                   text_pad_id=cfg.text_config.pad_token_id)
+        adopt_special_token_ids(model, processor.tokenizer)
     else:
         notes = ["coca-pytorch has no tokenizer and none was given (--tokenizer): no processor files are written."]
     return Conversion(

@@ -268,6 +268,16 @@ def load_tokenizer(path: str | os.PathLike, vocab_size: int | None = None):
     return tokenizer
 
 
+def adopt_special_token_ids(model, tokenizer) -> None:
+    """Give the converted model the `--tokenizer`'s BOS / EOS ids (config, text config, generation config), so
+    prompt-free captioning starts with its BOS and generation stops at its EOS."""
+    for name in ("bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            for config in {id(c): c for c in (model.config, model.config.get_text_config(), model.generation_config)}.values():
+                setattr(config, name, value)
+
+
 def normalisation_note(library: str) -> str:
     """Model-card note for references that do not record how their images were normalised."""
     return (f"{library} stores no image normalisation: the processor uses OpenAI CLIP's mean/std (`image_mean` / "

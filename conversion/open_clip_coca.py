@@ -21,7 +21,8 @@ import torch
 from hf_mm.models.coca import CocaConfig, CocaModel
 
 from .common import (
-    Conversion, StateDictConverter, convert_from_reference, library_version, load_tokenizer, max_abs_diff,
+    Conversion, StateDictConverter, adopt_special_token_ids, convert_from_reference, library_version, load_tokenizer,
+    max_abs_diff,
     move_layernorm,
 )
 from .open_clip_blocks import convert_multihead_attention, convert_residual_block, convert_vision_transformer
@@ -208,6 +209,7 @@ def run(args, progress) -> Conversion:
     if args.tokenizer:
         processor = CocaProcessor(processor.image_processor, load_tokenizer(args.tokenizer, cfg.text_config.vocab_size),
                                   text_pad_id=cfg.text_config.pad_token_id)
+        adopt_special_token_ids(model, processor.tokenizer)
     elif len(processor.tokenizer) > cfg.text_config.vocab_size:
         raise ValueError(f"open_clip's CLIP tokenizer has {len(processor.tokenizer)} tokens but the model's vocabulary "
                          f"has {cfg.text_config.vocab_size}: pass the checkpoint's tokenizer with --tokenizer")

@@ -175,8 +175,14 @@ def test_coca_pytorch_with_inline_kwargs_and_a_pickled_checkpoint(tmp_path, toke
         "caption_logits", "text_latents", "image_latents", "loss"}
 
     model = AutoModel.from_pretrained(out).eval()
-    inputs = AutoProcessor.from_pretrained(out)(images=[torch.rand(3, 20, 20).numpy()], text=["a red circle"],
-                                               return_tensors="pt")
+    processor = AutoProcessor.from_pretrained(out)
+    # the tokenizer's BOS / EOS become the model's (they used to be saved as None: prompt-free captioning failed)
+    for config in (model.config, model.config.text_config, model.generation_config):
+        assert (config.bos_token_id, config.eos_token_id) == (processor.tokenizer.bos_token_id,
+                                                              processor.tokenizer.eos_token_id) == (1, 2)
+    caption = model.generate(pixel_values=torch.rand(1, 3, 16, 16), max_new_tokens=3, min_new_tokens=3)
+    assert caption.shape == (1, 4) and caption[0, 0] == 1
+    inputs = processor(images=[torch.rand(3, 20, 20).numpy()], text=["a red circle"], return_tensors="pt")
     assert inputs["pixel_values"].shape == (1, 3, 16, 16)
     with torch.no_grad():
         expected = ref(inputs["input_ids"].clone(), images=inputs["pixel_values"])
