@@ -69,6 +69,23 @@ def check_token_ids(
         )
 
 
+def check_position_ids(position_ids, input_ids: torch.Tensor, *, max_position: int | None = None,
+                       max_field: str = "max_position_embeddings") -> None:
+    """`position_ids (batch, sequence_length)`, shaped like `input_ids`: integers in `[0, max_position)`."""
+    if position_ids is None:
+        return
+    if not is_integer_tensor(position_ids):
+        raise TypeError(f"position_ids must be an integer tensor of shape (batch, sequence_length) = "
+                        f"{tuple(input_ids.shape)}, got {describe(position_ids)}")
+    if tuple(position_ids.shape) != tuple(input_ids.shape):
+        raise ValueError(f"position_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
+                         f"got {tuple(position_ids.shape)}")
+    low, high = int(position_ids.min()), int(position_ids.max())
+    if low < 0 or (max_position is not None and high >= max_position):
+        limit = f"[0, {max_position}) ({max_field})" if max_position is not None else "[0, inf)"
+        raise ValueError(f"position_ids must lie in {limit}, got values in [{low}, {high}]")
+
+
 def check_attention_mask(attention_mask, expected_shape: tuple, name: str = "attention_mask",
                          layout: str = "(batch, sequence_length)") -> None:
     """A mask of `expected_shape` holding only 0 (padding) and 1 (token)."""

@@ -36,8 +36,8 @@ from ...layers import (
     self_attention_mask,
 )
 from ...layers.validation import (
-    check_attention_mask, check_embeddings, check_output_options, check_positive_int, check_texts_per_image,
-    check_token_ids,
+    check_attention_mask, check_embeddings, check_output_options, check_position_ids, check_positive_int,
+    check_texts_per_image, check_token_ids, describe, is_integer_tensor,
 )
 from ...modeling_utils import HfMmPreTrainedModel
 from .configuration_coca import CocaConfig
@@ -319,9 +319,12 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         return F.normalize(self.text_projection(cls), dim=-1)
 
     # -- forward --------------------------------------------------------------------------------------
-    @staticmethod
-    def _position_ids(input_ids, position_ids, past_length):
+    def _position_ids(self, input_ids, position_ids, past_length):
         if position_ids is not None:
+            t = self.config.text_config
+            learned = t.position_embedding_type == "learned"
+            check_position_ids(position_ids, input_ids, max_position=t.max_position_embeddings if learned else None,
+                               max_field="text_config.max_position_embeddings")
             return position_ids
         n = input_ids.shape[1]
         return torch.arange(past_length, past_length + n, device=input_ids.device).expand(input_ids.shape[0], n)
@@ -434,6 +437,8 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
 
     def _caption_targets(self, labels, input_ids, attention_mask):
         """`labels (b, n)` -> next-token targets `(b, n)`: -100 at the last position, padding and ignored labels."""
+        if not is_integer_tensor(labels):
+            raise TypeError(f"labels must be an integer tensor of token ids (-100: ignored), got {describe(labels)}")
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels must have shape {tuple(input_ids.shape)} like input_ids, got {tuple(labels.shape)}")
         vocab = self.config.text_config.vocab_size
