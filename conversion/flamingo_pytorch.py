@@ -25,7 +25,7 @@ from .common import (
 from .lucidrains import (
     convert_bias_free_layernorm, convert_gated_cross_attention, convert_parallel_block, convert_perceiver_layers,
 )
-from .vit_pytorch import convert_vit_pytorch
+from .vit_pytorch import check_square_image, convert_vit_pytorch
 
 
 def config_from_reference(ref, vision_kwargs: dict) -> FlamingoConfig:
@@ -85,12 +85,13 @@ def convert(reference_model, state_dict: dict | None = None) -> FlamingoForCondi
 
 
 def build_reference(arch: dict):
-    """Instantiate `FlamingoPaLM` with a vit-pytorch `ViT` encoder from an architecture dict."""
+    """Instantiate `FlamingoPaLM` with a vit-pytorch `ViT` encoder from an architecture dict (square images only)."""
     from flamingo_pytorch import FlamingoPaLM
     from vit_pytorch.extractor import Extractor
     from vit_pytorch.vit import ViT
 
     arch = dict(arch)
+    check_square_image(arch["vit"])  # a (32, 8) image has a square number of patches: only the kwargs tell
     vit = Extractor(ViT(**arch.pop("vit")), return_embeddings_only=True)
     return FlamingoPaLM(img_encoder=vit, **arch)
 

@@ -104,6 +104,25 @@ def merge_sources(state_dict: dict, layout: dict, language_model_state_dict: dic
     return merged, counts
 
 
+def fit_vocab_size(state_dict: dict, text_config):
+    """`text_config` with the vocab size of the checkpoint's input embeddings (and untied output head):
+    open_flamingo resizes them to its tokenizer (`<|endofchunk|>`, `<image>` added), past the LM's config.json."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(copy.deepcopy(text_config))
+    names = {module: name for name, module in lm.named_modules()}
+    rows = {key: state_dict[key].shape[0] for module in (lm.get_input_embeddings(), lm.get_output_embeddings())
+            if module is not None and (key := f"lang_encoder.{names[module]}.weight") in state_dict}
+    if len(set(rows.values())) > 1:
+        raise ValueError(f"the checkpoint's input embeddings and output head disagree on the vocab size: {rows}")
+    if not rows or next(iter(rows.values())) == text_config.vocab_size:
+        return text_config
+    text_config = copy.deepcopy(text_config)
+    text_config.vocab_size = next(iter(rows.values()))
+    return text_config
+
+
 def build_config(state_dict: dict, text_config, media_token_id: int, eoc_token_id: int, head_width: int = 64,
                  quick_gelu: bool = True, normalize_patch_tokens: bool = False) -> FlamingoConfig:
     """The `FlamingoConfig` of a full OpenFlamingo-layout state dict (see `merge_sources`)."""
@@ -173,13 +192,15 @@ def convert(state_dict: dict, text_config, *, media_token_id: int, eoc_token_id:
             vision_head_width: int = 64, quick_gelu: bool = True, normalize_patch_tokens: bool = False,
             report: dict | None = None) -> FlamingoForConditionalGeneration:
     """OpenFlamingo state dict (full, or a released `checkpoint.pt` completed by `language_model_state_dict` and
-    `vision_state_dict`) + the LM's config -> `FlamingoForConditionalGeneration` in eval mode.
+    `vision_state_dict`) + the LM's config -> `FlamingoForConditionalGeneration` in eval mode. The vocab size is
+    the checkpoint's embeddings' (`fit_vocab_size`).
 
     Every tensor is accounted for exactly once (aliases are checked to be the same tensor). `report`, when given,
     receives the tensor counts per source and the unused vision tensors.
     """
     layout = read_layout(state_dict, text_config)
     source, counts = merge_sources(state_dict, layout, language_model_state_dict, vision_state_dict)
+    text_config = fit_vocab_size(source, text_config)
     config = build_config(source, text_config, media_token_id, eoc_token_id, vision_head_width, quick_gelu,
                           normalize_patch_tokens)
     model = FlamingoForConditionalGeneration(config)

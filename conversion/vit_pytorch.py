@@ -5,9 +5,17 @@ pre-norm blocks (`Attention` with its own LayerNorm and bias-free fused qkv; `Fe
 final LayerNorm. The classification head (`mlp_head`) is not part of the embeddings and is dropped.
 """
 
+import math
 import re
 
 from .common import StateDictConverter, UnmappedTensorsError
+
+
+def check_square_image(vit_kwargs: dict) -> None:
+    """hf_mm's vision tower takes square images: a ViT `image_size=(h, w)` with `h != w` is rejected."""
+    size = vit_kwargs.get("image_size")
+    if isinstance(size, (tuple, list)) and len(set(size)) > 1:
+        raise ValueError(f"vit image_size={tuple(size)}: only square images are supported (hf_mm's vision tower)")
 
 
 def convert_vit_pytorch(conv: StateDictConverter, src_prefix: str, dst_prefix: str, vit_module) -> dict:
@@ -29,7 +37,11 @@ def convert_vit_pytorch(conv: StateDictConverter, src_prefix: str, dst_prefix: s
     patch_dim = vit_module.to_patch_embedding[1].normalized_shape[0]
     channels = patch_dim // (patch_size * patch_size)
     num_cls = vit_module.cls_token.shape[0]
-    grid = int(round((vit_module.pos_embedding.shape[0] - num_cls) ** 0.5))
+    num_patches = vit_module.pos_embedding.shape[0] - num_cls
+    grid = math.isqrt(num_patches)
+    if grid * grid != num_patches:
+        raise UnmappedTensorsError(f"only square images are supported: the ViT has {num_patches} patches of "
+                                   f"{patch_size}x{patch_size} pixels, not a square grid (non-square image_size?)")
 
     for src, dst in (("to_patch_embedding.1", "patch_embedding.norm_in"), ("to_patch_embedding.2", "patch_embedding.proj"),
                      ("to_patch_embedding.3", "patch_embedding.norm_out"), ("transformer.norm", "final_norm")):

@@ -24,7 +24,10 @@ from hf_mm.layers import (
     CrossAttentionCacheMixin, LayerNorm, Linear, RotaryEmbedding, TransformerBlock, VisionTransformer, on_rows,
     row_indices, rows_needed, self_attention_mask,
 )
-from hf_mm.layers.validation import check_attention_mask, check_pixel_values, check_texts_per_image, check_token_ids
+from hf_mm.layers.validation import (
+    check_attention_mask, check_embeddings, check_pixel_values, check_texts_per_image, check_token_ids, describe,
+    is_integer_tensor,
+)
 from hf_mm.modeling_utils import HfMmPreTrainedModel
 
 from .configuration_flamingo import FlamingoConfig
@@ -92,6 +95,9 @@ class FlamingoModel(FlamingoPreTrainedModel):
     Built-in PaLM: `embed_tokens`, `layers`, `norm` here. Any other LM: `language_model` is the LM's base model
     (`AutoModel.from_config(text_config)`, or the one passed in), its state-dict names unchanged.
     """
+
+    # a FlamingoForConditionalGeneration checkpoint with an untied head loads into the base model (head ignored)
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
 
     def __init__(self, config: FlamingoConfig, language_model: PreTrainedModel | None = None):
         super().__init__(config)
@@ -162,6 +168,12 @@ class FlamingoModel(FlamingoPreTrainedModel):
         """Pixels or precomputed vision tokens -> perceiver latents `(b, t, l, d)`."""
         if image_embeds is None:
             image_embeds = self.get_image_features(pixel_values)
+        else:
+            video = torch.is_tensor(image_embeds) and image_embeds.ndim == 5
+            check_embeddings(image_embeds, "image_embeds", width=self.config.vision_config.hidden_size,
+                             layout=("batch", "num_media") + (("frames",) if video else ()) + ("tokens",),
+                             width_field="vision_config.hidden_size")
+            image_embeds = image_embeds.to(self.perceiver.latents.dtype)
         return self.perceiver(image_embeds)
 
     def _check_pixel_values(self, pixel_values):
@@ -176,6 +188,38 @@ class FlamingoModel(FlamingoPreTrainedModel):
 
     def _check_input_ids(self, input_ids):
         check_token_ids(input_ids, vocab_size=self.config.text_config.vocab_size, vocab_field="text_config.vocab_size")
+
+    def _check_media_latents(self, media_latents):
+        p = self.config.perceiver_config
+        check_embeddings(media_latents, "media_latents", layout=("batch", "num_media", "num_latents"),
+                         width=p.hidden_size, width_field="perceiver_config.hidden_size")
+        if media_latents.shape[2] != p.num_latents:
+            raise ValueError(f"media_latents must have {p.num_latents} latents per medium "
+                             f"(perceiver_config.num_latents), got shape {tuple(media_latents.shape)}")
+
+    @staticmethod
+    def _check_media_time(media_time, shape, num_media):
+        """`media_time (b, n)`: integers in `[0, num_media]` (0 = before the first medium)."""
+        if not is_integer_tensor(media_time):
+            raise TypeError(f"media_time must be an integer tensor of shape (batch, sequence_length) = {tuple(shape)}, "
+                            f"got {describe(media_time)}")
+        if tuple(media_time.shape) != tuple(shape):
+            raise ValueError(f"media_time must have shape (batch, sequence_length) = {tuple(shape)}, "
+                             f"got {tuple(media_time.shape)}")
+        low, high = int(media_time.min()), int(media_time.max())
+        if low < 0 or high > num_media:
+            raise ValueError(f"media_time must lie in [0, {num_media}] (0 = before the first medium, t = after the "
+                             f"t-th of the {num_media} media), got values in [{low}, {high}]")
+
+    @staticmethod
+    def _check_position_ids(position_ids, b, n):
+        """`position_ids (b or 1, n)`: an integer tensor."""
+        if not is_integer_tensor(position_ids):
+            raise TypeError(f"position_ids must be an integer tensor of shape (batch, sequence_length) = ({b}, {n}), "
+                            f"got {describe(position_ids)}")
+        if position_ids.ndim != 2 or position_ids.shape[0] not in (1, b) or position_ids.shape[1] != n:
+            raise ValueError(f"position_ids must have shape (batch or 1, sequence_length) with batch={b}, "
+                             f"sequence_length={n}, got {tuple(position_ids.shape)}")
 
     def _check_media_tokens(self, input_ids, num_media):
         counts = (input_ids == self.config.media_token_id).sum(dim=-1)
@@ -205,7 +249,7 @@ class FlamingoModel(FlamingoPreTrainedModel):
         input_ids (b, n): text with `media_token_id` where each medium goes.
         pixel_values (b, t, C, H, W) images | (b, t, f, C, H, W) videos; or image_embeds (b, t, [f,] tokens, d)
             vision-tower outputs; or media_latents (b, t, l, d) perceiver outputs. At most one of them.
-        media_time (b, n): index of the latest medium at each position (default: from `input_ids`).
+        media_time (b, n): index in [0, t] of the latest medium at each position (default: from `input_ids`).
         attention_mask (b, past + n): 1 = real token (left padding).
         sequences_per_image=g (set by generate() for beams / `num_return_sequences`): the text rows come in groups
             of `g` consecutive rows per sample of media, i.e. `input_ids (b * g, n)` with media of batch `b`.
@@ -220,7 +264,17 @@ class FlamingoModel(FlamingoPreTrainedModel):
             raise ValueError(f"pass at most one of pixel_values, image_embeds, media_latents; got {given}")
         if input_ids is not None:
             self._check_input_ids(input_ids)
+        else:
+            check_embeddings(inputs_embeds, "inputs_embeds", layout=("batch", "sequence_length"),
+                             width=self.get_input_embeddings().embedding_dim,
+                             width_field="get_input_embeddings().embedding_dim")
+            inputs_embeds = inputs_embeds.to(self.get_input_embeddings().weight.dtype)
         b, n = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        if position_ids is not None:
+            self._check_position_ids(position_ids, b, n)
+        if media_latents is not None:
+            self._check_media_latents(media_latents)
+            media_latents = media_latents.to(self.perceiver.latents.dtype)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if use_cache and past_key_values is None:
             past_key_values = CrossAttentionCacheMixin.new_cache()
@@ -232,6 +286,8 @@ class FlamingoModel(FlamingoPreTrainedModel):
         check_texts_per_image(text_input, (given[0] if given else "media_latents", media_latents), sequences_per_image)
         check_attention_mask(attention_mask, (b, past_len + n), layout="(batch, past + new tokens)")
         num_media = media_latents.shape[1] if media_latents is not None else self._cached_num_media(past_key_values)
+        if media_time is not None and num_media:
+            self._check_media_time(media_time, (b, n), num_media)
         if media_time is None and num_media:
             if input_ids is None:
                 raise ValueError("with inputs_embeds and media, pass media_time (batch, seq) as well")
@@ -338,6 +394,8 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
             name = next(n for n, m in self.model.language_model.named_modules() if m is embeddings)
             self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{name}.weight"}
         self.post_init()
+        # post_init gathered the base model's pattern; this model has the head, so an unexpected lm_head.* is an error
+        self._keys_to_ignore_on_load_unexpected -= set(FlamingoModel._keys_to_ignore_on_load_unexpected)
         self._set_generation_defaults()
         if config.freeze_pretrained:
             self.freeze_pretrained()
@@ -404,6 +462,8 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
 
         Training with labels (train mode, built-in decoder, `config.skip_unused_positions`): positions that no
         loss target reads skip the per-token layers, and their logits are 0."""
+        if labels is not None:
+            self._check_labels(labels, input_ids if input_ids is not None else inputs_embeds)
         targets = None
         if (labels is not None and self.training and self.config.skip_unused_positions and not logits_to_keep
                 and self.config.uses_builtin_text_model):
@@ -428,6 +488,26 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
         return FlamingoCausalLMOutput(loss=loss, logits=logits, past_key_values=out.past_key_values,
                                       media_latents=out.media_latents)
 
+    def _check_labels(self, labels, text):
+        """`labels (b, n)` like the text: ids in `[0, vocab_size)` or -100 (ignored)."""
+        if not is_integer_tensor(labels):
+            raise TypeError(f"labels must be an integer tensor of shape (batch, sequence_length), "
+                            f"got {describe(labels)}")
+        if text is not None and tuple(labels.shape) != tuple(text.shape[:2]):
+            raise ValueError(f"labels must have shape (batch, sequence_length) = {tuple(text.shape[:2])} like the "
+                             f"text, got {tuple(labels.shape)}")
+        vocab = self.config.text_config.vocab_size
+        if bool(((labels < 0) & (labels != -100)).any()) or bool((labels >= vocab).any()):
+            raise ValueError(f"labels must lie in [0, {vocab}) (text_config.vocab_size) or be -100 (ignored), got "
+                             f"values in [{int(labels.min())}, {int(labels.max())}]")
+
+    def generate(self, *args, **kwargs):
+        """`GenerationMixin.generate`; the prompt is `input_ids` (its media tokens place the media)."""
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError("generate() does not take inputs_embeds: pass the prompt as input_ids (batch, seq), with "
+                             "media_token_id where each medium goes (forward() accepts inputs_embeds with media_time)")
+        return super().generate(*args, **kwargs)
+
     def prepare_inputs_for_generation(self, input_ids, media_latents=None, is_first_iteration=False, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
         if media_latents is not None:  # resampled on the first step; never re-encode
@@ -440,7 +520,11 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
                 self.model._check_media_tokens(input_ids, num_media)
             # from the whole sequence so far (beams reorder input_ids, so this follows them)
             step_len = model_inputs["input_ids"].shape[1] if model_inputs.get("input_ids") is not None else input_ids.shape[1]
-            model_inputs["media_time"] = media_time_from_ids(input_ids, self.config.media_token_id)[:, -step_len:]
+            time = media_time_from_ids(input_ids, self.config.media_token_id)[:, -step_len:]
+            # after a generated media token (no medium given for it): the same mask as "no medium yet" in immediate
+            # mode, "every medium" otherwise, within forward's [0, num_media]
+            beyond = 0 if self.config.only_attend_immediate_media else num_media
+            model_inputs["media_time"] = time.masked_fill(time > num_media, beyond)
         return model_inputs
 
     @staticmethod

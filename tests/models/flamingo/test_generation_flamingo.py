@@ -243,3 +243,22 @@ def test_pad_token_that_ends_sequences_is_not_suppressed(family):
     for pad in (cfg.text_config.eos_token_id, cfg.eoc_token_id, None):
         cfg.text_config.pad_token_id = pad
         assert cfg.generation_suppressed_token_ids() == [cfg.media_token_id], pad
+
+
+@pytest.mark.parametrize("immediate", [True, False])
+def test_generated_media_tokens_cached_equals_uncached(immediate):
+    """A generated media token has no medium of its own: the tokens after it attend no medium (immediate mode) or
+    every given one, cached or not (generate() keeps media_time within forward's [0, num_media])."""
+    model = tiny_model(only_attend_immediate_media=immediate)
+    prefer = torch.zeros(40)
+    prefer[MEDIA] = 100.0
+    hook = model.lm_head.register_forward_hook(lambda module, args, logits: logits + prefer)
+    try:
+        runs = [_gen(model, input_ids=_ids(2, 5, [1]), pixel_values=_px(2, 1), max_new_tokens=4, min_new_tokens=4,
+                     suppress_tokens=[], use_cache=cache, return_dict_in_generate=True, output_logits=True)
+                for cache in (True, False)]
+    finally:
+        hook.remove()
+    assert (runs[0].sequences[:, 5:] == MEDIA).all() and torch.equal(runs[0].sequences, runs[1].sequences)
+    for cached, uncached in zip(runs[0].logits, runs[1].logits):
+        torch.testing.assert_close(cached, uncached, atol=1e-5, rtol=1e-5)

@@ -39,11 +39,69 @@ def model():
         (dict(input_ids=_ids(), pixel_values=_px(3, 2)), "batch size 3"),
         (dict(input_ids=_ids(positions=(0, 1, 2, 3, 4)), pixel_values=_px(2, 5)), "max_num_media is 4"),
         (dict(input_ids=_ids(), pixel_values=_px(2, 2), image_embeds=torch.zeros(2, 2, 5, 32)), "at most one"),
+        (dict(input_ids=_ids(), image_embeds=torch.zeros(2, 2, 5, 33)), r"image_embeds must have shape .*=32\)"),
+        (dict(input_ids=_ids(), image_embeds=torch.zeros(2, 5, 32)), r"image_embeds must have shape"),
+        (dict(input_ids=_ids(), image_embeds=torch.full((2, 2, 5, 32), float("nan"))), "image_embeds holds 640 NaN"),
+        (dict(input_ids=_ids(), media_latents=torch.zeros(2, 2, 4, 34)), r"media_latents must have shape"),
+        (dict(input_ids=_ids(), media_latents=torch.zeros(2, 4, 32)), r"media_latents must have shape"),
+        (dict(input_ids=_ids(), media_latents=torch.zeros(2, 2, 5, 32)), "4 latents per medium"),
+        (dict(input_ids=_ids(), pixel_values=_px(2, 2), media_time=torch.zeros(2, 3, dtype=torch.long)),
+         r"media_time must have shape \(batch, sequence_length\) = \(2, 8\)"),
+        (dict(input_ids=_ids(), pixel_values=_px(2, 2), media_time=torch.full((2, 8), 3)),
+         r"media_time must lie in \[0, 2\]"),
+        (dict(input_ids=_ids(), pixel_values=_px(2, 2), media_time=torch.full((2, 8), -1)),
+         r"media_time must lie in \[0, 2\]"),
+        (dict(inputs_embeds=torch.zeros(2, 8, 35)), r"inputs_embeds must have shape \(batch, sequence_length, 32\)"),
+        (dict(input_ids=_ids(), position_ids=torch.zeros(2, 3, dtype=torch.long)), "position_ids must have shape"),
+        (dict(input_ids=_ids(), pixel_values=_px(2, 2), labels=_ids()[:, :7]), r"labels must have shape .*\(2, 8\)"),
+        (dict(input_ids=_ids(), pixel_values=_px(2, 2), labels=_ids() + 40), r"labels must lie in \[0, 40\)"),
+        (dict(input_ids=_ids(), labels=torch.full((2, 8), -5)), r"labels must lie in \[0, 40\) .* or be -100"),
     ],
 )
 def test_bad_input_raises_value_error(model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         model(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(input_ids=_ids(), image_embeds=torch.ones(2, 2, 5, 32, dtype=torch.long)), "image_embeds must be a"),
+        (dict(input_ids=_ids(), media_latents=torch.ones(2, 2, 4, 32, dtype=torch.long)), "media_latents must be a"),
+        (dict(input_ids=_ids(), pixel_values=_px(2, 2), media_time=torch.zeros(2, 8)), "media_time must be an integer"),
+        (dict(input_ids=_ids(), position_ids=torch.zeros(2, 8)), "position_ids must be an integer"),
+        (dict(input_ids=_ids(), labels=torch.zeros(2, 8)), "labels must be an integer"),
+    ],
+)
+def test_wrong_input_dtype_raises_type_error(model, kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        model(**kwargs)
+
+
+def test_float_inputs_of_another_precision_are_cast(model):
+    ids, px = _ids(), _px(2, 2)
+    with torch.no_grad():
+        out = model(input_ids=ids, pixel_values=px)
+        image_embeds = model.model.get_image_features(px)
+        embeds = model.get_input_embeddings()(ids)
+        time = (ids == 3).long().cumsum(-1)
+        for kwargs in (dict(input_ids=ids, image_embeds=image_embeds.double()),
+                       dict(input_ids=ids, media_latents=out.media_latents.double()),
+                       dict(inputs_embeds=embeds.double(), pixel_values=px, media_time=time)):
+            torch.testing.assert_close(model(**kwargs).logits, out.logits)
+
+
+@pytest.mark.parametrize("family", ["flamingo", "open_flamingo"])
+def test_generate_rejects_inputs_embeds(family):
+    import tiny_models
+
+    model = tiny_models.build(family)
+    prompt = tiny_models.generate_inputs(family, model)
+    embeds = model.get_input_embeddings()(prompt["input_ids"])
+    with pytest.raises(ValueError, match="generate\\(\\) does not take inputs_embeds: pass the prompt as input_ids"):
+        model.generate(inputs_embeds=embeds, max_new_tokens=2)
+    with pytest.raises(ValueError, match="does not take inputs_embeds"):
+        model.generate(**prompt, inputs_embeds=embeds, max_new_tokens=2)
 
 
 def test_bad_input_in_generate(model):

@@ -118,3 +118,21 @@ def test_trainable_parameters_after_freezing_match_paper_recipe():
     assert ours == ref_trainable + model.model.perceiver.frame_position_embedding.numel()
     assert not any(p.requires_grad for p in model.model.vision_model.parameters())
     assert not model.model.embed_tokens.weight.requires_grad
+
+
+def test_non_square_vit_images_are_rejected():
+    """hf_mm's vision tower is square: a ViT built for (16, 8) images is refused with a message saying so, from its
+    kwargs (build_reference) or, for an instance, from its non-square patch count."""
+    from flamingo_pytorch import FlamingoPaLM
+    from vit_pytorch.extractor import Extractor
+    from vit_pytorch.vit import ViT
+
+    from conversion.flamingo_pytorch import build_reference, convert
+
+    arch = dict(REFERENCE_CONFIGS[CONFIGS[0]])
+    vit = dict(arch.pop("vit"), image_size=(32, 16))
+    with pytest.raises(ValueError, match=r"image_size=\(32, 16\): only square images are supported"):
+        build_reference(dict(arch, vit=vit))
+    ref = FlamingoPaLM(img_encoder=Extractor(ViT(**vit), return_embeddings_only=True), **arch)
+    with pytest.raises(UnmappedTensorsError, match="only square images are supported: the ViT has 8 patches"):
+        convert(ref)

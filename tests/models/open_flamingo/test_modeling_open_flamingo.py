@@ -115,6 +115,31 @@ def test_save_load_keeps_language_model_names_and_ties(tmp_path):
                                    model(input_ids=ids, pixel_values=px).logits, atol=0, rtol=0)
 
 
+def test_base_model_loads_a_checkpoint_with_an_untied_head(tmp_path):
+    """AutoModel on a FlamingoForConditionalGeneration folder whose head is untied (saved): the head is ignored, as
+    in transformers; the full model still rejects an unexpected head tensor."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel
+
+    from hf_mm.models.flamingo import FlamingoModel
+    from hf_mm.modeling_utils import CheckpointMismatchError
+
+    model = tiny("llama")
+    assert not model.config.tie_word_embeddings
+    model.save_pretrained(tmp_path)
+    ids, px = few_shot_prompt(), _px()
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(base) is FlamingoModel
+    with torch.no_grad():
+        torch.testing.assert_close(base(input_ids=ids, pixel_values=px).last_hidden_state,
+                                   model.model(input_ids=ids, pixel_values=px).last_hidden_state, atol=0, rtol=0)
+    tensors = load_file(tmp_path / "model.safetensors")
+    save_file({**tensors, "lm_head.bias": torch.zeros(tensors["lm_head.weight"].shape[0])},
+              tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected tensors: \['lm_head.bias'\]"):
+        FlamingoForConditionalGeneration.from_pretrained(tmp_path)
+
+
 def test_gradient_checkpointing_same_loss_and_grads():
     model = tiny("llama").train()
     ids, px = few_shot_prompt(), _px()
