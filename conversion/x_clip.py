@@ -24,6 +24,7 @@ from hf_mm.clip_bpe import CLIP_BPE_VOCAB_SIZE, OPENAI_CLIP_SPECIAL_TOKENS, clip
 from hf_mm.layers.rotary import RotaryEmbedding
 from hf_mm.models.x_clip import XClipConfig, XClipModel
 from hf_mm.models.x_clip.processing_x_clip import XClipProcessor
+from hf_mm.models.x_clip.tokenization_x_clip import XClipTokenizer
 
 from .common import (
     Conversion, StateDictConverter, convert_from_reference, library_version, load_tokenizer, max_abs_diff,
@@ -226,13 +227,14 @@ def parity_report(reference_model, model: XClipModel, batch: int = 2, seed: int 
 
 def x_clip_processor(config: XClipConfig) -> XClipProcessor:
     """A processor giving the ids of x-clip's own `tokenizer.tokenize` (its CLIP BPE file, no start/end tokens,
-    padded with 0), truncated to the model's `text_seq_len`, and square images of the model's size."""
+    padded with the model's pad id, 0), truncated to the model's `text_seq_len`, and square images of the model's
+    size. Its `XClipTokenizer` gives the same ids alone (the zero-shot-image-classification pipeline loads only it)."""
     from x_clip.tokenizer import default_bpe  # reference library: conversion-time dependency only
 
-    tokenizer = clip_tokenizer_from_bpe(default_bpe(), config.text_config.max_position_embeddings,
-                                        OPENAI_CLIP_SPECIAL_TOKENS)
-    return XClipProcessor(square_image_processor(config.vision_config.image_size), tokenizer, text_pad_id=0,
-                          add_special_tokens=False)
+    text = config.text_config
+    tokenizer = clip_tokenizer_from_bpe(default_bpe(), text.max_position_embeddings, OPENAI_CLIP_SPECIAL_TOKENS,
+                                        XClipTokenizer, text_pad_id=text.pad_token_id or 0)
+    return XClipProcessor(square_image_processor(config.vision_config.image_size), tokenizer)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

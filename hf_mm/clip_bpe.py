@@ -53,9 +53,10 @@ def bpe_vocab_and_merges(bpe_path: str | Path, special_tokens: tuple[str, str],
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
 
-def clip_tokenizer_from_bpe(bpe_path: str | Path, context_length: int,
-                            special_tokens: tuple[str, str]) -> CLIPTokenizer:
-    """`CLIPTokenizer` with CLIP's ids (start 49406, end 49407), truncating to `context_length` tokens.
+def clip_tokenizer_from_bpe(bpe_path: str | Path, context_length: int, special_tokens: tuple[str, str],
+                            tokenizer_class: type[CLIPTokenizer] = CLIPTokenizer, **kwargs) -> CLIPTokenizer:
+    """`CLIPTokenizer` (or the `tokenizer_class` subclass, built with `kwargs`) with CLIP's ids (start 49406, end
+    49407), truncating to `context_length` tokens.
 
     The end token doubles as unknown and pad token; a processor with `text_pad_id=0` rewrites padding to the
     references' id 0 (also the "!" token, so it cannot be the tokenizer's own pad token).
@@ -64,8 +65,8 @@ def clip_tokenizer_from_bpe(bpe_path: str | Path, context_length: int,
         raise ValueError(f"context_length must be a positive int, got {context_length!r}")
     vocab, merges = bpe_vocab_and_merges(bpe_path, special_tokens)
     start, end = special_tokens
-    return CLIPTokenizer(vocab=vocab, merges=merges, bos_token=start, eos_token=end, unk_token=end, pad_token=end,
-                         model_max_length=context_length)
+    return tokenizer_class(vocab=vocab, merges=merges, bos_token=start, eos_token=end, unk_token=end, pad_token=end,
+                           model_max_length=context_length, **kwargs)
 
 
 __all__ = ["CLIP_BPE_VOCAB_SIZE", "OPENAI_CLIP_SPECIAL_TOKENS", "OPEN_CLIP_SPECIAL_TOKENS", "bpe_vocab_and_merges",

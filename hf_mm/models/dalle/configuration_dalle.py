@@ -4,6 +4,8 @@ from math import log2
 
 from transformers import PreTrainedConfig
 
+from hf_mm.layers.validation import check_positive_int
+
 ATTENTION_TYPES = ("full", "axial_row", "axial_col", "conv_like", "sparse")
 
 
@@ -47,8 +49,10 @@ class DiscreteVAEConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.image_size < 1 or not log2(self.image_size).is_integer():
             raise ValueError(f"image_size must be a power of 2, got {self.image_size}")
-        if self.num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        for name in ("num_layers", "num_tokens", "codebook_dim", "hidden_dim", "channels"):
+            check_positive_int(getattr(self, name), name)
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be a float > 0 (gumbel-softmax temperature), got {self.temperature!r}")
         if self.normalization is not None:
             means, stds = self.normalization
             if len(means) < self.channels or len(stds) < self.channels:

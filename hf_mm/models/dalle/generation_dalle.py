@@ -15,6 +15,8 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import ModelOutput
 
+from hf_mm.layers.validation import check_same_batch
+
 
 class ImageVocabularyLogitsProcessor(LogitsProcessor):
     """Sets every logit outside `[start, end)` to -inf. `scores (b, V) -> (b, V)`."""
@@ -66,6 +68,7 @@ class DalleGenerationMixin:
         k = int(0.4375 * n) if num_init_img_tokens is None else num_init_img_tokens
         if not 0 < k < n:
             raise ValueError(f"num_init_img_tokens must be in (0, {n}), got {k}")
+        self.vae.check_pixel_values(init_image, "init_image")
         return self.vae.get_codebook_indices(init_image)[:, :k] + self.config.text_vocab_size
 
     def generate(self, input_ids=None, generation_mode: str = "image", filter_thres: float | None = 0.5,
@@ -88,7 +91,12 @@ class DalleGenerationMixin:
             raise ValueError(f"input_ids must have shape (batch, text_seq_len={config.text_seq_len}), got "
                              f"{None if input_ids is None else tuple(input_ids.shape)}")
         if init_image is not None:
-            input_ids = torch.cat((input_ids, self.image_prompt_codes(init_image, num_init_img_tokens)), dim=1)
+            prompt_codes = self.image_prompt_codes(init_image, num_init_img_tokens)
+            check_same_batch(("input_ids", input_ids), ("init_image", prompt_codes))
+            input_ids = torch.cat((input_ids, prompt_codes), dim=1)
+        elif num_init_img_tokens is not None:
+            raise ValueError(f"num_init_img_tokens={num_init_img_tokens} primes with the codes of init_image: pass "
+                             "init_image too, or leave num_init_img_tokens None")
         new_tokens = config.text_seq_len + config.image_seq_len - input_ids.shape[1]
         kwargs["max_new_tokens"] = kwargs["min_new_tokens"] = new_tokens
         processors = LogitsProcessorList(logits_processor or [])

@@ -9,6 +9,7 @@ kept at `L + 2i` / `L + 2i + 1`. Everything per-sequence lives in the cache, so 
 expansion stay correct.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -266,14 +267,15 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
                 raise ValueError(f"after the prompt, input_ids must be image tokens in [{config.text_vocab_size}, "
                                  f"{config.vocab_size})")
             pieces = [input_ids]
+        image_source = "image_ids"
         if pixel_values is not None:
             if image_ids is not None:
                 raise ValueError("pass either image_ids or pixel_values, not both")
-            image_ids = self.vae.get_codebook_indices(pixel_values)
+            image_ids, image_source = self.vae.get_codebook_indices(pixel_values), "pixel_values"
         if image_ids is not None:
-            check_token_ids(image_ids, "image_ids", vocab_size=config.vae_config.num_tokens,
+            check_token_ids(image_ids, image_source, vocab_size=config.vae_config.num_tokens,
                             vocab_field="vae_config.num_tokens")
-            check_same_batch(("input_ids", input_ids), ("image_ids", image_ids))
+            check_same_batch(("input_ids", input_ids), (image_source, image_ids))
             pieces.append(image_ids + config.text_vocab_size)
         tokens = torch.cat(pieces, dim=1)
         if past_length + tokens.shape[1] > config.max_seq_len + 1:  # + 1: <bos>
@@ -316,6 +318,12 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
         tokens = full_tokens[:, : self.config.max_seq_len - past_length]  # the very last code is never an input
         if not 0 <= null_cond_prob <= 1:
             raise ValueError(f"null_cond_prob must be in [0, 1], got {null_cond_prob}")
+        if torch.is_tensor(cond_scale) and cond_scale.numel() == 1:
+            cond_scale = cond_scale.item()
+        if cond_scale is not None and (isinstance(cond_scale, bool) or not isinstance(cond_scale, (int, float))):
+            raise TypeError(f"cond_scale must be a float (1 or None: no guidance), got {cond_scale!r}")
+        if cond_scale is not None and not math.isfinite(cond_scale):
+            raise ValueError(f"cond_scale must be a finite float (1 or None: no guidance), got {cond_scale!r}")
         if null_cond_prob > 0:
             dropped = torch.rand(tokens.shape[0], device=tokens.device) < null_cond_prob
             tokens = torch.where(dropped[:, None], self.null_text(tokens, past_length), tokens)

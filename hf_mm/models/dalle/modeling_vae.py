@@ -121,6 +121,10 @@ class DiscreteVAEModel(DiscreteVAEPreTrainedModel):
         images = self.normalize(pixel_values)
         logits = self.encoder(images)
         tau = config.temperature if temperature is None else temperature
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+            raise TypeError(f"temperature must be a float > 0 (gumbel-softmax temperature), got {tau!r}")
+        if not tau > 0:  # also NaN; 0 divides the logits by zero
+            raise ValueError(f"temperature must be a float > 0 (gumbel-softmax temperature), got {tau!r}")
         one_hot = F.gumbel_softmax(logits, tau=tau, dim=1, hard=config.straight_through)
         if config.straight_through and config.reinmax:  # ReinMax, arXiv 2304.08612 algorithm 2
             one_hot = one_hot.detach()

@@ -5,14 +5,16 @@ from .modeling_x_clip import XClipModel, XClipOutput, XClipPreTrainedModel
 
 
 def register() -> None:
-    from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
+    from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor, AutoTokenizer
 
     from .processing_x_clip import XClipProcessor
+    from .tokenization_x_clip import XClipTokenizer
 
     AutoConfig.register(XClipConfig.model_type, XClipConfig, exist_ok=True)
     AutoModel.register(XClipConfig, XClipModel, exist_ok=True)
     AutoModelForZeroShotImageClassification.register(XClipConfig, XClipModel, exist_ok=True)
     AutoProcessor.register(XClipConfig, XClipProcessor, exist_ok=True)
+    AutoTokenizer.register(XClipConfig, tokenizer_class=XClipTokenizer, exist_ok=True)
 
 
 __all__ = ["XClipConfig", "XClipModel", "XClipOutput", "XClipPreTrainedModel", "XClipTextConfig",

@@ -70,6 +70,9 @@ def contrastive_losses(text, image, text_extra, image_extra, text_mask, scale, d
     text_mask = gather_batch(text_mask.float(), 1).bool() if text_mask is not None else None
     if text.shape[1] != image.shape[1]:
         raise ValueError(f"the contrastive loss pairs text i with image i: got {text.shape[1]} texts and {image.shape[1]} images")
+    if decoupled and text.shape[1] < 2:  # x-clip returns log(1e-20) - positive instead
+        raise ValueError("decoupled_contrastive_learning leaves each positive out of its denominator, which needs at "
+                         f"least 2 (text, image) pairs in the (gathered) batch, got {text.shape[1]}")
     losses = []
     for m in range(text.shape[0]):
         for v in range(image.shape[0]):

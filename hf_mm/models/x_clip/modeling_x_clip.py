@@ -224,12 +224,13 @@ class XClipModel(XClipPreTrainedModel):
 
     # ----------------------------------------------------------------------------------------- input checks
     def _check_input_ids(self, input_ids, name: str = "input_ids") -> None:
+        vocab_size = getattr(self.get_input_embeddings(), "num_embeddings", None)
         if not self.builtin_text:
-            check_token_ids(input_ids, name)
+            check_token_ids(input_ids, name, vocab_size=vocab_size, vocab_field="text_config.vocab_size")
             return
         text = self.config.text_config
         check_token_ids(
-            input_ids, name, vocab_size=self.text_model.embed_tokens.num_embeddings, vocab_field="text_config.vocab_size",
+            input_ids, name, vocab_size=vocab_size, vocab_field="text_config.vocab_size",
             max_length=text.max_position_embeddings, length_field="text_config.max_position_embeddings, x-clip's text_seq_len",
         )
         if text.causal and not bool((input_ids == text.eos_token_id).any(dim=-1).all()):
@@ -248,6 +249,18 @@ class XClipModel(XClipPreTrainedModel):
             return attention_mask.bool()
         pad = getattr(self.config.text_config, "pad_token_id", None)
         return input_ids != pad if pad is not None else torch.ones_like(input_ids, dtype=torch.bool)
+
+    def _check_token_wise_text(self, text_mask, name: str) -> None:
+        """FILIP averages over each text's tokens: a text of padding only has none (x-clip returns -3.4e38)."""
+        if not self.config.use_all_token_embeds:
+            return
+        empty = (~text_mask.any(dim=-1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"use_all_token_embeds compares each text's tokens with the image tokens, but rows {empty} of {name} "
+                f"are all padding (attention_mask 0, or text_config.pad_token_id without a mask); expected at least "
+                "one token per text"
+            )
 
     # --------------------------------------------------------------------------------------------- towers
     def encode_text(self, input_ids, text_mask, freeze: bool = False) -> torch.Tensor:
@@ -286,6 +299,9 @@ class XClipModel(XClipPreTrainedModel):
         return states[:, 1:] if self.config.visual_has_cls_token else states
 
     def _latents(self, text_embeds, image_embeds, extra: bool):
+        if extra and not self.config.extra_latent_projection:
+            raise ValueError("extra_projection=True needs the CLOOB projections of a model configured with "
+                             "extra_latent_projection=True; this one has none")
         text_proj = self.text_projection_extra if extra else self.text_projection
         image_proj = self.visual_projection_extra if extra else self.visual_projection
         text = F.normalize(text_proj(text_embeds), dim=-1) if text_embeds is not None else None
@@ -329,6 +345,7 @@ class XClipModel(XClipPreTrainedModel):
         self._check_pixel_values(pixel_values)
         cfg, b = self.config, input_ids.shape[0]
         text_mask = self._text_mask(input_ids, attention_mask)
+        self._check_token_wise_text(text_mask, "input_ids")
         text_views, image_views = 1, 1
         if aug_input_ids is not None or aug_pixel_values is not None:
             if not return_loss:
@@ -354,7 +371,10 @@ class XClipModel(XClipPreTrainedModel):
                     raise ValueError(f"aug_input_ids[{i}] must have the shape of input_ids {tuple(input_ids.shape)}, "
                                      f"got {tuple(view.shape)}")
             text_views += len(views)
-            text_mask = torch.cat([text_mask] + [self._text_mask(v, None) for v in views])
+            view_masks = [self._text_mask(v, None) for v in views]
+            for i, mask in enumerate(view_masks):
+                self._check_token_wise_text(mask, f"aug_input_ids[{i}]")
+            text_mask = torch.cat([text_mask, *view_masks])
             input_ids = torch.cat((input_ids, *views))
         if aug_pixel_values is not None:
             views = as_views(aug_pixel_values)

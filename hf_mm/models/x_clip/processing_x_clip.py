@@ -1,9 +1,11 @@
 """Processor of hf_mm's x-clip: a tokenizer plus a PIL-backend image processor (no torchvision).
 
-x-clip's own tokenizer is OpenAI's CLIP BPE without start/end tokens, padded with id 0: a `CLIPTokenizer` over
-x-clip's BPE file (`hf_mm.clip_bpe`) with `add_special_tokens=False` and `text_pad_id=0` gives the same ids
-(tested). Any other tokenizer works too; the model masks padding with the `attention_mask` given here. Images go
-through `CLIPImageProcessorPil` (resize, centre crop, rescale, normalise) to `pixel_values (b, c, H, W)`.
+x-clip's own tokenizer is OpenAI's CLIP BPE without start/end tokens, padded with id 0: `XClipTokenizer` over
+x-clip's BPE file (`hf_mm.clip_bpe`) gives the same ids by itself (what the converter saves, so that the
+zero-shot-image-classification pipeline, which loads only the tokenizer, agrees with this processor); a
+`CLIPTokenizer` does with `add_special_tokens=False` and `text_pad_id=0` (tested). Any other tokenizer works too;
+the model masks padding with the `attention_mask` given here. Images go through `CLIPImageProcessorPil` (resize,
+centre crop, rescale, normalise) to `pixel_values (b, c, H, W)`.
 """
 
 from transformers import BatchFeature, ProcessorMixin

@@ -137,6 +137,24 @@ def test_generate_rejects_bad_sampling_arguments():
         model.generate(text, init_image=pixels(model.config.vae_config), num_init_img_tokens=model.config.image_seq_len)
 
 
+def test_generate_rejects_bad_guidance_and_priming_arguments():
+    model = tiny_model()
+    text, vae = text_ids(model.config), model.config.vae_config
+    with pytest.raises(ValueError, match="init_image has batch size 1 but input_ids has 2"):
+        model.generate(text, init_image=pixels(vae, batch=1))
+    with pytest.raises(ValueError, match=r"init_image must have shape \(batch, 3, 32, 32\)"):
+        model.generate(text, init_image=pixels(vae)[0])
+    with pytest.raises(ValueError, match="num_init_img_tokens=3 primes with the codes of init_image: pass init_image"):
+        model.generate(text, num_init_img_tokens=3)
+    with pytest.raises(ValueError, match="cond_scale must be a finite float .* got nan"):
+        model.generate(text, cond_scale=float("nan"))
+    with pytest.raises(TypeError, match="cond_scale must be a float .* got '2'"):
+        model.generate(text, cond_scale="2")
+    torch.manual_seed(0)
+    expected = model.generate(text, cond_scale=2.0, do_sample=False)
+    assert torch.equal(model.generate(text, cond_scale=torch.tensor(2.0), do_sample=False), expected)
+
+
 def test_reranking_with_hf_mm_x_clip():
     from hf_mm.models.x_clip import XClipConfig, XClipModel
 

@@ -107,6 +107,12 @@ def test_bad_input_raises_value_errors_naming_the_argument():
         model(text, image_ids=torch.full((2, 3), config.vae_config.num_tokens), use_cache=False)
     with pytest.raises(ValueError, match="pixel_values"):
         model(text, pixel_values=torch.rand(2, 3, 16, 16), use_cache=False)
+    with pytest.raises(ValueError, match="pixel_values has batch size 3 but input_ids has 2"):
+        model(text, pixel_values=pixels(config.vae_config, batch=3), use_cache=False)
+    with pytest.raises(ValueError, match="image_ids has batch size 3 but input_ids has 2"):
+        model(text, image_ids=image_codes(config, batch=3), use_cache=False)
+    with pytest.raises(ValueError, match="cond_scale must be a finite float .* got inf"):
+        model(text, cond_scale=float("inf"), use_cache=False)
     with pytest.raises(ValueError, match="attention_mask"):
         model(text, attention_mask=(text != 0).long(), use_cache=False)
     with pytest.raises(ValueError, match="return_loss"):
@@ -130,6 +136,21 @@ def test_bad_vae_config_raises():
         DiscreteVAEConfig(image_size=24)
     with pytest.raises(ValueError, match="normalization"):
         DiscreteVAEConfig(channels=3, normalization=((0.5,), (0.5,)))
+    for field in ("num_tokens", "codebook_dim", "hidden_dim"):
+        with pytest.raises(ValueError, match=f"{field} must be an integer >= 1, got 0"):
+            DiscreteVAEConfig(**{field: 0})
+    for temperature in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature must be a float > 0"):
+            DiscreteVAEConfig(temperature=temperature)
+
+
+@pytest.mark.parametrize("temperature, error", [(0.0, ValueError), (-1.0, ValueError), (float("nan"), ValueError),
+                                                ("1", TypeError)])
+def test_vae_forward_rejects_bad_temperature(temperature, error):
+    vae = DiscreteVAEModel(DiscreteVAEConfig(**VAE_CONFIGS["2layers-resblock"])).eval()
+    with pytest.raises(error, match="temperature must be a float > 0"):
+        vae(pixels(vae.config), temperature=temperature)
+    assert torch.isfinite(vae(pixels(vae.config), temperature=1e-3).reconstructions).all()
 
 
 def test_guided_generation_leaves_the_callers_text_untouched():

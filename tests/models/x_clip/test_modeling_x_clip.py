@@ -144,3 +144,39 @@ def test_bad_input():
         XClipConfig(vision_config={**VISION, "image_size": 20})
     with pytest.raises(ValueError, match="eos_token_id is required"):
         XClipConfig(text_config={**TEXT, "causal": True})
+
+
+def test_edge_cases_refused_where_x_clip_returns_garbage():
+    """x-clip gives a meaningless finite loss (log(1e-20) - positive) for DCL on one pair, and similarities of
+    -3.4e38 for a FILIP text of padding only; both are refused with the argument named."""
+    ids, pixels = batch()
+    with pytest.raises(ValueError, match=r"decoupled_contrastive_learning .* at least 2 \(text, image\) pairs .* got 1"):
+        make(decoupled_contrastive_learning=True)(ids[:1], pixels[:1], return_loss=True)
+    assert torch.isfinite(make(decoupled_contrastive_learning=True)(ids[:2], pixels[:2], return_loss=True).loss)
+    filip = make(use_all_token_embeds=True)
+    padded = ids.clone()
+    padded[1] = 0
+    with pytest.raises(ValueError, match=r"use_all_token_embeds .* rows \[1\] of input_ids are all padding"):
+        filip(padded, pixels)
+    with pytest.raises(ValueError, match=r"rows \[2\] of input_ids are all padding"):
+        filip(ids, pixels, attention_mask=torch.ones_like(ids).index_fill_(0, torch.tensor([2]), 0))
+    with pytest.raises(ValueError, match=r"rows \[1\] of aug_input_ids\[0\] are all padding"):
+        filip.train()(ids, pixels, aug_input_ids=padded, return_loss=True)
+    assert filip.get_text_features(padded).shape == (3, 8, 16)  # token latents alone compare nothing
+    for features in (lambda m: m.get_text_features(ids, extra_projection=True),
+                     lambda m: m.get_image_features(pixels, extra_projection=True)):
+        with pytest.raises(ValueError, match="extra_projection=True needs .* extra_latent_projection=True"):
+            features(make())
+        assert features(make(extra_latent_projection=True)).shape == (3, 16)
+
+
+def test_external_text_tower_checks_its_vocabulary():
+    text = CLIPTextConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, max_position_embeddings=8)
+    torch.manual_seed(0)
+    model = XClipModel(XClipConfig(text_config=text, vision_config=VISION, projection_dim=16))
+    ids, pixels = batch()
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 50\) \(text_config.vocab_size\), got .* 60\]"):
+        model(ids.index_fill(1, torch.tensor([2]), 60), pixels)
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 50\)"):
+        model.get_text_features(torch.full((2, 8), -1))

@@ -129,3 +129,26 @@ def test_round_trips_through_auto_processor_in_a_fresh_process(x_clip_ids_proces
     for key in ("pixel_values", "input_ids", "attention_mask"):
         assert torch.equal(got[key], expected[key]), key
     assert expected["input_ids"][0, -1] == 0  # the padded row really exercises text_pad_id
+
+
+def test_x_clip_tokenizer_alone_gives_x_clip_s_ids_and_reloads(x_clip_tokenizer, tmp_path):
+    """`XClipTokenizer` (what the converter saves) needs no processor: no start/end tokens, padding with 0 (also via
+    `pad`), truncation to model_max_length unless `truncation=False`; AutoTokenizer reloads it as such."""
+    from transformers import AutoTokenizer
+
+    from hf_mm.models.x_clip.tokenization_x_clip import XClipTokenizer
+
+    bpe = require_reference("x_clip.tokenizer").default_bpe()
+    tokenizer = clip_tokenizer_from_bpe(bpe, 8, OPENAI_CLIP_SPECIAL_TOKENS, XClipTokenizer)
+    XClipConfig().save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert type(reloaded) is XClipTokenizer and reloaded.pad_token_id == 0
+    texts = TEXTS + ["a photo of a dog in the snow " * 3]
+    expected = x_clip_tokenizer.tokenize(texts, context_length=8, truncate_text=True)
+    for tok in (tokenizer, reloaded):
+        assert torch.equal(tok(texts, padding=True, return_tensors="pt")["input_ids"], expected)
+        assert len(tok(texts[-1], truncation=False)["input_ids"]) > 8
+        assert tok.pad({"input_ids": [[5, 6], [7]]})["input_ids"] == [[5, 6], [7, 0]]
+    with pytest.raises(ValueError, match="text_pad_id must be a non-negative int, got -1"):
+        clip_tokenizer_from_bpe(bpe, 8, OPENAI_CLIP_SPECIAL_TOKENS, XClipTokenizer, text_pad_id=-1)
