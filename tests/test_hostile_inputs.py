@@ -259,7 +259,7 @@ CASES = [
     ("dalle-generate-text-length", lambda: generate("dalle", input_ids=ids("dalle")[:, :3]), ValueError,
      [r"input_ids", r"text_seq_len=5"]),
     ("dalle-generate-init-image-size", lambda: generate("dalle", dict(init_image=torch.rand(2, 3, 8, 8))), ValueError,
-     [r"pixel_values", r"\(batch, 3, 16, 16\)"]),
+     [r"init_image", r"\(batch, 3, 16, 16\)"]),
     ("dalle-vae-pixels-nan", lambda: forward("dalle_vae", pixel_values=with_value(pixels("dalle_vae"), float("nan"))),
      ValueError, [r"pixel_values", r"NaN", r"finite"]),
     ("dalle-vae-pixels-channels", lambda: forward("dalle_vae", pixel_values=torch.rand(2, 1, 16, 16)), ValueError,
