@@ -170,6 +170,8 @@ CASES = [
      [r"position_ids", r"integer tensor"]),
     ("coca-labels-float", lambda: forward("coca", labels=ids("coca").float()), TypeError,
      [r"labels", r"integer tensor"]),
+    ("coca-generate-beyond-context", lambda: generate("coca", dict(max_new_tokens=20)), ValueError,
+     [r"max_new_tokens", r"context length 12", r"max_position_embeddings"]),
     ("coca-forward-output-hidden-states", lambda: forward("coca", output_hidden_states=True), ValueError,
      [r"output_hidden_states", r"not supported by CocaModel"]),
     ("coca-generate-output-attentions",

@@ -458,6 +458,21 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         return F.cross_entropy(at_least_fp32(logits.flatten(0, 1)), targets.flatten(), ignore_index=-100)
 
     # -- generation hooks -----------------------------------------------------------------------------
+    def _validate_generated_length(self, generation_config, input_ids_length, has_default_max_length):
+        """A learned position table bounds the sequence: an explicit longer `max_new_tokens` / `max_length` is an
+        error up front (it used to fail after the tokens that fit); the default `max_length` is capped to it."""
+        t = self.config.text_config
+        if t.position_embedding_type == "learned" and generation_config.max_length > t.max_position_embeddings:
+            if has_default_max_length and generation_config.max_new_tokens is None:
+                generation_config.max_length = t.max_position_embeddings
+            else:
+                raise ValueError(
+                    f"max_new_tokens / max_length: the prompt ({input_ids_length} tokens) and the new tokens reach "
+                    f"{generation_config.max_length} tokens, more than the context length {t.max_position_embeddings} "
+                    "(text_config.max_position_embeddings)"
+                )
+        super()._validate_generated_length(generation_config, input_ids_length, has_default_max_length)
+
     def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None,
                                       **model_kwargs):
         # the image inputs are checked first, so a malformed one is named as such (not as a batch mismatch)

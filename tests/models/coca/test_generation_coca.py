@@ -155,3 +155,15 @@ def test_streamer_and_eos(tiny):
     eos = int(out[0, 1])
     short = tiny.generate(pixel_values=_images(1), max_new_tokens=4, eos_token_id=eos)
     assert short.shape[1] == 2
+
+
+def test_default_max_length_is_capped_to_the_learned_position_table():
+    """Without max_new_tokens, transformers' default max_length (20) exceeds a 12-position table: generation stops
+    at the table's end instead of failing there."""
+    import tiny_models as tm
+
+    model = tm.build("coca")
+    assert model.config.text_config.max_position_embeddings == 12
+    batch = tm.generate_inputs("coca", model)
+    out = model.generate(**batch, do_sample=False, min_new_tokens=20 - batch["input_ids"].shape[1])
+    assert out.shape[1] == 12
