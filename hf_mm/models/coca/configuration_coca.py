@@ -180,6 +180,29 @@ class CocaConfig(PreTrainedConfig):
                 f"multimodal_config.num_attention_heads ({mm_heads}) must divide text_config.hidden_size "
                 f"({t.hidden_size}) (the decoder's width)"
             )
+        decoder_heads, cross_kv = mm_heads or t.num_attention_heads, self.multimodal_config.cross_attention_num_key_value_heads
+        for field, kv in (("text_config.num_key_value_heads", t.num_key_value_heads),
+                          ("multimodal_config.cross_attention_num_key_value_heads", cross_kv)):
+            kv = decoder_heads if kv == t.num_attention_heads else kv  # no grouping: the decoder's own heads
+            if kv is not None and (kv < 1 or decoder_heads % kv):
+                raise ValueError(f"{field} ({kv}) must divide the decoder's num_attention_heads ({decoder_heads})")
+        if self.attn_pooler_queries and (self.attn_pooler_num_key_value_heads < 1
+                                         or self.attn_pooler_heads % self.attn_pooler_num_key_value_heads):
+            raise ValueError(f"attn_pooler_num_key_value_heads ({self.attn_pooler_num_key_value_heads}) must divide "
+                             f"attn_pooler_heads ({self.attn_pooler_heads})")
+        for name, value in (("projection_dim", self.projection_dim),
+                            ("text_config.max_position_embeddings", t.max_position_embeddings)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name in ("bos_token_id", "pad_token_id"):  # both are embedded (eos is only compared with)
+            value = getattr(t, name)
+            if value is not None and not 0 <= value < t.vocab_size:
+                raise ValueError(f"text_config.{name} ({value}) must lie in [0, text_config.vocab_size={t.vocab_size})")
+        if self.vision_config is not None and self.image_embed_dim != self.vision_config.hidden_size:
+            raise ValueError(
+                f"image_embed_dim ({self.image_embed_dim}) must equal vision_config.hidden_size "
+                f"({self.vision_config.hidden_size}): the vision tower's tokens feed the pooler"
+            )
         if self.logit_scale_max is not None and not self.logit_scale_max > 0:
             raise ValueError(f"logit_scale_max must be > 0 (or None for no clamp), got {self.logit_scale_max}")
         if self.attn_pooler_queries < 0 or self.attn_pooler_queries == 1:
