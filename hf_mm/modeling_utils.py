@@ -140,6 +140,12 @@ class HfMmPreTrainedModel(PreTrainedModel):
     def _prepare_generation_config(self, generation_config, **kwargs):
         generation_config, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
         check_generation_config(generation_config)
+        if generation_config.cache_implementation not in (None, "dynamic"):
+            raise ValueError(
+                f"cache_implementation={generation_config.cache_implementation!r} is not supported by "
+                f"{type(self).__name__}: its layers grow a DynamicCache (cross-attention keys/values: once per "
+                "image); leave cache_implementation unset"
+            )
         if self.training and self.is_activation_checkpointing and generation_config.use_cache is not False:
             # checkpointed blocks drop the cache, while a cached step feeds only the newest token
             logger.warning("generate() in training mode with gradient checkpointing decodes without a cache (the "

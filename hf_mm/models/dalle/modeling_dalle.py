@@ -21,7 +21,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import ModelOutput
 
 from hf_mm.layers import LayerNorm, Linear, TransformerBlock, init_shared_layer
-from hf_mm.layers.validation import check_same_batch, check_token_ids
+from hf_mm.layers.validation import check_output_options, check_same_batch, check_token_ids
 from hf_mm.modeling_utils import HfMmPreTrainedModel, reset_non_persistent_buffers
 
 from .attention_patterns import attention_pattern_mask
@@ -307,6 +307,7 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
         `null + (cond - null) * cond_scale`. `null_cond_prob` (training for guidance) replaces the text of each
         row by padding with that probability (a copy: the caller's `input_ids` are never modified).
         """
+        check_output_options(type(self).__name__, kwargs)
         if attention_mask is not None and not bool(attention_mask.bool().all()):
             raise ValueError("attention_mask must be all ones or None: DALL-E pads text with per-position pad "
                              "tokens (text id 0), which are attended")

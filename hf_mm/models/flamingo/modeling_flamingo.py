@@ -25,7 +25,7 @@ from hf_mm.layers import (
     row_indices, rows_needed, self_attention_mask,
 )
 from hf_mm.layers.validation import (
-    check_attention_mask, check_embeddings, check_pixel_values, check_texts_per_image, check_token_ids, describe,
+    check_attention_mask, check_embeddings, check_output_options, check_pixel_values, check_texts_per_image, check_token_ids, describe,
     is_integer_tensor,
 )
 from hf_mm.modeling_utils import HfMmPreTrainedModel
@@ -256,6 +256,7 @@ class FlamingoModel(FlamingoPreTrainedModel):
         needed_positions (b, n) bool: the outputs used (a loss's targets); the built-in decoder's per-token layers
             skip positions none of them reads, whose hidden states are then not meaningful.
         """
+        check_output_options(type(self).__name__, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids (batch, seq) and inputs_embeds (batch, seq, hidden)")
         given = [name for name, v in (("pixel_values", pixel_values), ("image_embeds", image_embeds),
@@ -462,6 +463,7 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
 
         Training with labels (train mode, built-in decoder, `config.skip_unused_positions`): positions that no
         loss target reads skip the per-token layers, and their logits are 0."""
+        check_output_options(type(self).__name__, kwargs)
         if labels is not None:
             self._check_labels(labels, input_ids if input_ids is not None else inputs_embeds)
         targets = None
