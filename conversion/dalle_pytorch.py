@@ -69,6 +69,8 @@ def dalle_config_from_kwargs(dalle_kwargs: dict, vae_kwargs: dict) -> DalleConfi
     fields = {DALLE_RENAMES[k]: v for k, v in dalle_kwargs.items() if k in DALLE_RENAMES and v is not None}
     if isinstance(fields.get("attn_types"), str):
         fields["attn_types"] = [fields["attn_types"]]
+    if "attn_types" in fields and "num_hidden_layers" in fields:  # dalle-pytorch: islice(cycle(attn_types), depth)
+        fields["attn_types"] = list(fields["attn_types"])[: fields["num_hidden_layers"]]
     return DalleConfig(vae_config=vae_config_from_kwargs(vae_kwargs).to_dict(), **fields)
 
 

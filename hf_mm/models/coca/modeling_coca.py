@@ -181,7 +181,8 @@ class CocaDecoderLayer(nn.Module):
     def forward(self, x, attention_mask, context, rotary_angles, past_key_values, rows=None):
         x = self.self_block(x, attention_mask=attention_mask, rotary_angles=rotary_angles,
                             past_key_values=past_key_values, rows=rows)
-        return self.cross_block(x, context=context, past_key_values=past_key_values, rows=rows)
+        # context positionally: reentrant checkpointing tracks gradients through positional tensors only
+        return self.cross_block(x, None, context, past_key_values=past_key_values, rows=rows)
 
 
 class CocaPreTrainedModel(HfMmPreTrainedModel):

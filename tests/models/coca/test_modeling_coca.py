@@ -157,19 +157,23 @@ def test_bf16_forward_and_generate_are_finite():
     assert model.generate(pixel_values=batch["pixel_values"], max_new_tokens=3).shape == (2, 4)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(reentrant):
+    """Reentrant checkpointing failed ("backward through the graph a second time"): the image context reached the
+    checkpointed cross-attention blocks as a keyword, which it does not track."""
     torch.manual_seed(0)
     model = CocaModel(tiny_coca_config()).train()
     batch = _batch()
     model(**batch, return_loss=True).loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    model.activation_checkpointing_enable()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
     assert model.is_activation_checkpointing
     model(**batch, return_loss=True).loss.backward()
     for name, p in model.named_parameters():
         if name in grads:
-            assert torch.allclose(p.grad, grads[name], atol=1e-6), name
+            # reentrant backward sums the image context's gradient over the layers in another order
+            torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)
     assert len(grads) > 40
 
 

@@ -33,6 +33,8 @@ DALLE_CONFIGS = {
     "shared-ids": (dict(BASE, depth=4, attn_types=("full", "axial_row"), shared_attn_ids=(0, 1, 0, 1),
                         shared_ff_ids=(0, 0, 1, 1)), "2layers-resblock"),
     "shared-embeddings": (dict(BASE, share_input_output_emb=True, text_seq_len=4), "1layer-2blocks-gray"),
+    # more attention types than layers: dalle-pytorch takes the first `depth` (islice(cycle(...), depth))
+    "more-types-than-layers": (dict(BASE, depth=2, attn_types=("full", "conv_like", "axial_row")), "3layers-plain"),
 }
 
 
