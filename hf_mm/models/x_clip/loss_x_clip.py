@@ -53,6 +53,17 @@ def gather_batch(t: torch.Tensor | None, batch_dim: int) -> torch.Tensor | None:
     return all_gather_with_grad(t.movedim(batch_dim, 0)).movedim(0, batch_dim)
 
 
+def pad_to_group_max(t: torch.Tensor | None, dim: int, value: float = 0.0) -> torch.Tensor | None:
+    """Pad `dim` to its largest size over the process group (ranks whose texts were padded to different lengths),
+    so the token-wise latents can be gathered; a no-op without a process group."""
+    if t is None or not is_distributed():
+        return t
+    size = torch.tensor([t.shape[dim]], device=t.device)
+    torch.distributed.all_reduce(size, op=torch.distributed.ReduceOp.MAX)
+    extra = int(size) - t.shape[dim]
+    return F.pad(t, (0, 0) * (t.ndim - 1 - dim) + (0, extra), value=value) if extra else t
+
+
 def gather_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     if mask is None or not is_distributed():
         return mask
@@ -65,6 +76,9 @@ def contrastive_losses(text, image, text_extra, image_extra, text_mask, scale, d
     `text (m, b, [t,] d)`, `image (v, b, [i,] d)`, `*_extra` like them or None, `text_mask (m, b, t)`
     (FILIP only). Returns `(m * v,)` losses, text view major; entry 0 is the main (un-augmented) pair.
     """
+    if filip:  # padded tokens: zero latents, masked out
+        text, text_extra = pad_to_group_max(text, 2), pad_to_group_max(text_extra, 2)
+        text_mask = pad_to_group_max(text_mask, 2, value=False)
     text, image = gather_batch(text, 1), gather_batch(image, 1)
     text_extra, image_extra = gather_batch(text_extra, 1), gather_batch(image_extra, 1)
     text_mask = gather_batch(text_mask.float(), 1).bool() if text_mask is not None else None

@@ -41,3 +41,20 @@ for _name in OPTIONS:
     globals()[f"make_model_{_name}"] = lambda _n=_name: _model(_n)
     globals()[f"make_batch_{_name}"] = lambda n, seed, _n=_name: _batch(n, seed, views=_n == "multiview")
     globals()[f"loss_{_name}"] = _loss
+
+
+# FILIP with texts padded per rank (a processor pads to the longest text of its own batch): rank 0's rows are
+# all short, so it trims its padding columns and its token latents are shorter than rank 1's
+def make_model_filip_per_rank_padding():
+    return _model("filip")
+
+
+def make_batch_filip_per_rank_padding(n, seed):
+    batch = _batch(n, seed)
+    batch["input_ids"][:3, 5:] = 0
+    return batch
+
+
+def loss_filip_per_rank_padding(model, batch):
+    length = int((batch["input_ids"] != 0).any(dim=0).nonzero().max()) + 1
+    return _loss(model, dict(batch, input_ids=batch["input_ids"][:, :length]))
