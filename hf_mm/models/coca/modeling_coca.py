@@ -124,16 +124,30 @@ class CocaTextModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`needed (b, n)` bool: token states used later (the CLS always is); the per-token layers skip rows
         that none of them reads, whose states are then not meaningful. Padded positions (`attention_mask` 0) are
-        embedded as `pad_token_id` whatever id the tokenizer padded with: open_clip's CLS sees the first pad."""
+        embedded as `pad_token_id` whatever id the tokenizer padded with: open_clip's CLS sees the first pad.
+
+        With a learned position table the CLS takes its last row, as open_clip's CLS does after its tokenizer padded
+        every text to the context length, and a text without padding gets one pad (the one open_clip's shifted CLS
+        mask lets the CLS see): the CLS embedding does not depend on how far the batch was padded."""
         b, n = input_ids.shape
         pad_id = self.config.text_config.pad_token_id
         if attention_mask is not None and pad_id is not None:
             input_ids = input_ids.masked_fill(attention_mask[:, -n:] == 0, pad_id)
+        cls_position = position_ids[:, -1:] + 1
+        if append_cls and self.position_embedding is not None:
+            limit = self.config.text_config.max_position_embeddings
+            real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+            if n < limit and bool(real[:, -1].any()):
+                input_ids = F.pad(input_ids, (0, 1), value=pad_id or 0)
+                attention_mask = F.pad(real, (0, 1)).long()
+                position_ids = torch.cat((position_ids, position_ids[:, -1:] + 1), dim=1)
+                needed = F.pad(needed, (0, 1)) if needed is not None else None
+            cls_position = torch.full_like(cls_position, limit)
         x = self.embed_tokens(input_ids)
         positions = position_ids
         if append_cls:
             x = torch.cat((x, self.cls_embedding.to(x.dtype).expand(b, 1, -1)), dim=1)
-            positions = torch.cat((position_ids, position_ids[:, -1:] + 1), dim=1)
+            positions = torch.cat((position_ids, cls_position), dim=1)
         if self.position_embedding is not None:
             x = x + self.position_embedding[positions].to(x.dtype)
         angles = rotary(positions) if rotary is not None else None
@@ -146,7 +160,7 @@ class CocaTextModel(nn.Module):
             x = layer(x, attention_mask=mask, rotary_angles=angles, past_key_values=past_key_values, rows=rows)
         if not append_cls:
             return x, None
-        return x[:, :-1], self.cls_norm(x[:, -1])
+        return x[:, :n], self.cls_norm(x[:, -1])
 
     def build_mask(self, attention_mask: torch.Tensor | None, query_len: int, append_cls: bool):
         """Boolean mask `(b, 1, query_len, keys)` or None for plain causal attention.
@@ -459,6 +473,32 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         return F.cross_entropy(at_least_fp32(logits.flatten(0, 1)), targets.flatten(), ignore_index=-100)
 
     # -- generation hooks -----------------------------------------------------------------------------
+    def generate(self, inputs=None, *args, **kwargs):
+        """`GenerationMixin.generate`; the prompt `input_ids` are first made a caption prefix (`caption_prompt`)."""
+        input_ids = kwargs.pop("input_ids", inputs)
+        if torch.is_tensor(input_ids) and not input_ids.is_floating_point():
+            input_ids, kwargs["attention_mask"] = self.caption_prompt(input_ids, kwargs.get("attention_mask"))
+        return super().generate(input_ids, *args, **kwargs)
+
+    def caption_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """`(b, n)` prompt -> `(b, n)` ids and attention mask a caption continues: a trailing EOS is dropped
+        (open_clip's tokenizer ends every text with `<end_of_text>`, after which nothing was trained) and the rows
+        are padded on the left, so each continues its own last token (a processor pads on the right)."""
+        eos = self.generation_config.eos_token_id
+        eos = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+        pad = self.config.text_config.pad_token_id or 0
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        ids, mask = torch.full_like(input_ids, pad), torch.zeros_like(input_ids)
+        for row in range(input_ids.shape[0]):
+            tokens = input_ids[row][real[row]]
+            if len(tokens) > 1 and int(tokens[-1]) in eos:
+                tokens = tokens[:-1]
+            if len(tokens):
+                ids[row, -len(tokens):], mask[row, -len(tokens):] = tokens, 1
+        if attention_mask is None and bool(mask.all()):
+            return input_ids, None
+        return ids, mask
+
     def _validate_generated_length(self, generation_config, input_ids_length, has_default_max_length):
         """A learned position table bounds the sequence: an explicit longer `max_new_tokens` / `max_length` is an
         error up front (it used to fail after the tokens that fit); the default `max_length` is capped to it."""

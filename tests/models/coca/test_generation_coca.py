@@ -167,3 +167,33 @@ def test_default_max_length_is_capped_to_the_learned_position_table():
     batch = tm.generate_inputs("coca", model)
     out = model.generate(**batch, do_sample=False, min_new_tokens=20 - batch["input_ids"].shape[1])
     assert out.shape[1] == 12
+
+
+def test_prompts_become_caption_prefixes_eos_dropped_and_left_padded():
+    """open_clip's tokenizer ends every text (also "") with <end_of_text>, and processors pad on the right: a
+    caption must continue each prompt's last real token (it used to continue after the end-of-text token, and
+    batched prompts of different lengths continued from padding)."""
+    import tiny_models as tm
+
+    model = tm.build("coca")
+    bos, eos, pad = 1, 2, 0
+    images = tm.inputs("coca", model)["pixel_values"]
+    kwargs = dict(do_sample=False, max_new_tokens=4, min_new_tokens=4)
+
+    def new_tokens(out, width):
+        return out[:, width:]
+
+    with torch.no_grad():
+        alone = [model.generate(pixel_values=images[i:i + 1], input_ids=torch.tensor([p]), **kwargs)
+                 for i, p in enumerate(([bos, 5, 6], [bos]))]
+        # the same prompts as a tokenizer with EOS and right padding gives them
+        ids = torch.tensor([[bos, 5, 6, eos], [bos, eos, pad, pad]])
+        mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+        batched = model.generate(pixel_values=images, input_ids=ids, attention_mask=mask, **kwargs)
+    assert batched.shape == (2, 8)  # the prompt keeps its width: out[:, n:] are the new tokens
+    assert torch.equal(new_tokens(batched, 4)[0], new_tokens(alone[0], 3)[0])
+    assert torch.equal(new_tokens(batched, 4)[1], new_tokens(alone[1], 1)[0])
+    ids_, mask_ = model.caption_prompt(ids, mask)
+    assert ids_.tolist() == [[pad, bos, 5, 6], [pad, pad, pad, bos]] and mask_.tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]
+    plain = torch.tensor([[bos, 5]])
+    assert model.caption_prompt(plain)[0] is plain and model.caption_prompt(plain)[1] is None  # nothing to change

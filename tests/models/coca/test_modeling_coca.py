@@ -170,10 +170,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(reentrant):
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
     assert model.is_activation_checkpointing
     model(**batch, return_loss=True).loss.backward()
+    # reentrant backward sums the image context's gradient over the layers in another order: equal up to float
+    # rounding, measured against the largest gradient (a key bias's gradient, e.g., is rounding noise around 0)
+    scale = max(float(g.abs().max()) for g in grads.values())
     for name, p in model.named_parameters():
         if name in grads:
-            # reentrant backward sums the image context's gradient over the layers in another order
-            torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)
+            torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6 * scale, msg=name)
     assert len(grads) > 40
 
 

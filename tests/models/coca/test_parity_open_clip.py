@@ -98,3 +98,20 @@ def test_unsupported_open_clip_options_are_refused(case):
     ref = coca_model.CoCa(**kwargs).eval()
     with pytest.raises(ValueError, match=message):
         convert(ref, bos_token_id=1, eos_token_id=2)
+
+
+@pytest.mark.parametrize("name", ["attn_pool", "quick_gelu_layer_scale"])
+def test_text_embedding_does_not_depend_on_how_far_the_batch_is_padded(name):
+    """open_clip's tokenizer pads every text to the context, so its CLS sits at the last position and (legacy
+    mask) sees the first pad. A processor or pipeline pads to the longest text of the batch: the embeddings must
+    still be open_clip's (they used to move by ~0.1 with the padded length)."""
+    ref, image_size, vocab, ctx = open_clip_reference(name)
+    model = convert(ref, bos_token_id=1, eos_token_id=2)
+    _, text = _inputs(image_size, vocab, ctx)
+    text[0, ctx - 2:] = 0  # the longest text leaves 2 pads
+    with torch.no_grad():
+        expected = ref.encode_text(text)
+        for width in (ctx - 2, ctx - 1, ctx):  # padded to the longest text (no pad in row 0), one more, the context
+            ids = text[:, :width]
+            ours = model.get_text_features(input_ids=ids, attention_mask=(ids != 0).long())
+            assert (ours - expected).abs().max() <= TOL, width
