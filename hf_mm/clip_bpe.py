@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import numpy as np
 from transformers import CLIPTokenizer
 
 OPEN_CLIP_SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
@@ -69,5 +70,21 @@ def clip_tokenizer_from_bpe(bpe_path: str | Path, context_length: int, special_t
                            model_max_length=context_length, **kwargs)
 
 
+def fill_padding(encoding, pad_id: int):
+    """Write `pad_id` at the padded positions (`attention_mask` 0) of a tokenizer output holding torch tensors,
+    numpy arrays or lists: the references pad with 0, which CLIP's BPE also uses for "!"."""
+    ids, mask = encoding["input_ids"], encoding["attention_mask"]
+    if hasattr(ids, "masked_fill"):
+        encoding["input_ids"] = ids.masked_fill(mask == 0, pad_id)
+    elif isinstance(ids, np.ndarray):
+        encoding["input_ids"] = np.where(np.asarray(mask) == 0, pad_id, ids)
+    else:
+        single = bool(ids) and not isinstance(ids[0], list)
+        rows, masks = ([ids], [mask]) if single else (ids, mask)
+        padded = [[t if m else pad_id for t, m in zip(r, mr)] for r, mr in zip(rows, masks)]
+        encoding["input_ids"] = padded[0] if single else padded
+    return encoding
+
+
 __all__ = ["CLIP_BPE_VOCAB_SIZE", "OPENAI_CLIP_SPECIAL_TOKENS", "OPEN_CLIP_SPECIAL_TOKENS", "bpe_vocab_and_merges",
-           "bytes_to_unicode", "clip_tokenizer_from_bpe"]
+           "bytes_to_unicode", "clip_tokenizer_from_bpe", "fill_padding"]

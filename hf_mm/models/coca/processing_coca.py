@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil, ProcessorMixin
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from ...clip_bpe import OPEN_CLIP_SPECIAL_TOKENS, clip_tokenizer_from_bpe
+from ...clip_bpe import OPEN_CLIP_SPECIAL_TOKENS, clip_tokenizer_from_bpe, fill_padding
 
 
 class CocaImageProcessor(CLIPImageProcessorPil):
@@ -66,17 +66,8 @@ class CocaProcessor(ProcessorMixin):
             kwargs.setdefault("padding", True)
             kwargs.setdefault("truncation", True)
         out = super().__call__(images=images, text=text, **kwargs)
-        if self.text_pad_id is not None and "attention_mask" in out:  # torch, numpy or lists alike
-            ids, mask = out["input_ids"], out["attention_mask"]
-            if hasattr(ids, "masked_fill"):
-                out["input_ids"] = ids.masked_fill(mask == 0, self.text_pad_id)
-            elif isinstance(ids, np.ndarray):
-                out["input_ids"] = np.where(np.asarray(mask) == 0, self.text_pad_id, ids)
-            else:
-                rows = [ids] if ids and not isinstance(ids[0], list) else ids
-                masks = [mask] if ids and not isinstance(ids[0], list) else mask
-                padded = [[t if m else self.text_pad_id for t, m in zip(r, mr)] for r, mr in zip(rows, masks)]
-                out["input_ids"] = padded if rows is ids else padded[0]
+        if self.text_pad_id is not None and "attention_mask" in out:
+            fill_padding(out, self.text_pad_id)
         return out
 
     @classmethod

@@ -224,9 +224,10 @@ class FlamingoModel(FlamingoPreTrainedModel):
     def _check_media_tokens(self, input_ids, num_media):
         counts = (input_ids == self.config.media_token_id).sum(dim=-1)
         if bool((counts != num_media).any()):
+            missing = "" if num_media else " (pass pixel_values, image_embeds or media_latents for them)"
             raise ValueError(
                 f"every row of input_ids must hold one media token (id {self.config.media_token_id}) per medium: "
-                f"{num_media} media given per sample, media tokens per row {counts.tolist()}"
+                f"{num_media} media given per sample, media tokens per row {counts.tolist()}{missing}"
             )
 
     def forward(
@@ -289,6 +290,8 @@ class FlamingoModel(FlamingoPreTrainedModel):
         num_media = media_latents.shape[1] if media_latents is not None else self._cached_num_media(past_key_values)
         if media_time is not None and num_media:
             self._check_media_time(media_time, (b, n), num_media)
+        if not num_media and past_len == 0 and input_ids is not None:  # media tokens without media: refused
+            self._check_media_tokens(input_ids, 0)
         if media_time is None and num_media:
             if input_ids is None:
                 raise ValueError("with inputs_embeds and media, pass media_time (batch, seq) as well")

@@ -6,6 +6,10 @@ A prompt with no media token gets one per image prepended.
 
 from transformers import BatchFeature, ProcessorMixin
 
+# image-processor arguments a call may pass next to the tokenizer's (as transformers' processors accept them)
+IMAGE_KWARGS = ("size", "crop_size", "do_resize", "resample", "do_center_crop", "do_rescale", "rescale_factor",
+                "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+
 
 class FlamingoProcessor(ProcessorMixin):
     """`(image_processor, tokenizer)`; the tokenizer must know `media_token` as a single (special) token."""
@@ -31,6 +35,7 @@ class FlamingoProcessor(ProcessorMixin):
         per_prompt = self._group_images(images, len(texts))
         if per_prompt is not None:
             texts = [self._place_media_tokens(t, len(imgs), i) for i, (t, imgs) in enumerate(zip(texts, per_prompt))]
+        image_kwargs = {**kwargs.pop("images_kwargs", {}), **{k: kwargs.pop(k) for k in IMAGE_KWARGS if k in kwargs}}
         kwargs.setdefault("padding", True)
         encoding = self.tokenizer(texts, return_tensors=return_tensors, **kwargs)
         data = dict(encoding)
@@ -39,7 +44,7 @@ class FlamingoProcessor(ProcessorMixin):
             if len(counts) > 1:
                 raise ValueError(f"every prompt of a batch must have the same number of images, got {sorted(counts)}")
             flat = [img for imgs in per_prompt for img in imgs]
-            pixel_values = self.image_processor(flat, return_tensors="pt")["pixel_values"]
+            pixel_values = self.image_processor(flat, return_tensors="pt", **image_kwargs)["pixel_values"]
             data["pixel_values"] = pixel_values.reshape(len(texts), counts.pop(), *pixel_values.shape[1:])
         return BatchFeature(data=data, tensor_type=return_tensors)
 

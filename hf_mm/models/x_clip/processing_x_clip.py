@@ -10,6 +10,8 @@ centre crop, rescale, normalise) to `pixel_values (b, c, H, W)`.
 
 from transformers import BatchFeature, ProcessorMixin
 
+from ...clip_bpe import fill_padding
+
 
 class XClipProcessor(ProcessorMixin):
     """`processor(text=[...], images=[...], return_tensors="pt")` -> `input_ids (b, n)`, `attention_mask (b, n)`,
@@ -18,7 +20,7 @@ class XClipProcessor(ProcessorMixin):
     Texts are padded to the longest one and truncated to `tokenizer.model_max_length` (set it to the model's
     `text_seq_len`) unless `padding` / `truncation` say otherwise; `token_type_ids` are dropped (x-clip has none).
     text_pad_id: written at padded positions (x-clip pads with 0, which CLIP's BPE also uses for "!", so it
-        cannot be the tokenizer's own pad token), with `return_tensors="pt"`; None keeps the tokenizer's pad id.
+        cannot be the tokenizer's own pad token), whatever `return_tensors`; None keeps the tokenizer's pad id.
     add_special_tokens: the default of the tokenizer call's `add_special_tokens` (False for x-clip's own ids, which
         have no start/end tokens); None keeps the tokenizer's default. Saved with the processor.
     """
@@ -45,8 +47,8 @@ class XClipProcessor(ProcessorMixin):
                 kwargs.setdefault("add_special_tokens", self.add_special_tokens)
         out = super().__call__(images=images, text=text, **kwargs)
         out.pop("token_type_ids", None)
-        if self.text_pad_id is not None and hasattr(out.get("attention_mask"), "masked_fill"):
-            out["input_ids"] = out["input_ids"].masked_fill(out["attention_mask"] == 0, self.text_pad_id)
+        if self.text_pad_id is not None and "attention_mask" in out:  # torch, numpy or lists alike
+            fill_padding(out, self.text_pad_id)
         return out
 
     @property

@@ -71,3 +71,23 @@ def test_processor_feeds_generate_and_round_trips(tmp_path):
                    images=[[_image(0), _image(1)], [_image(2), _image(3)]])
     assert torch.equal(again["input_ids"], inputs["input_ids"])
     torch.testing.assert_close(again["pixel_values"], inputs["pixel_values"])
+
+
+def test_image_processor_arguments_are_honoured():
+    """They used to go to the tokenizer only and be ignored for the images."""
+    proc = _processor()
+    big = dict(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24})
+    assert proc(text="a", images=_image(0), **big)["pixel_values"].shape == (1, 1, 3, 24, 24)
+    assert proc(text="a", images=_image(0), images_kwargs=big)["pixel_values"].shape == (1, 1, 3, 24, 24)
+    assert proc(text="a", images=_image(0))["pixel_values"].shape == (1, 1, 3, 16, 16)
+
+
+def test_media_tokens_without_media_are_refused():
+    """A prompt marking an image that was not given used to run silently as text only."""
+    model = tiny_model()
+    ids = torch.tensor([[model.config.media_token_id, 4, 5]])
+    with pytest.raises(ValueError, match="0 media given per sample.*pass pixel_values"):
+        model(input_ids=ids)
+    with pytest.raises(ValueError, match="0 media given per sample"):
+        model.generate(input_ids=ids, max_new_tokens=2)
+    assert model(input_ids=ids[:, 1:]).logits.shape[:2] == (1, 2)  # text only, no media token: fine

@@ -152,3 +152,13 @@ def test_x_clip_tokenizer_alone_gives_x_clip_s_ids_and_reloads(x_clip_tokenizer,
         assert tok.pad({"input_ids": [[5, 6], [7]]})["input_ids"] == [[5, 6], [7, 0]]
     with pytest.raises(ValueError, match="text_pad_id must be a non-negative int, got -1"):
         clip_tokenizer_from_bpe(bpe, 8, OPENAI_CLIP_SPECIAL_TOKENS, XClipTokenizer, text_pad_id=-1)
+
+
+def test_text_pad_id_is_written_for_every_tensor_type(processor):
+    """It used to be applied to torch outputs only (numpy and lists kept the tokenizer's pad id)."""
+    padded = XClipProcessor(processor.image_processor, processor.tokenizer, text_pad_id=5)
+    out = padded(text=TEXTS, return_tensors="pt")
+    expected, mask = out["input_ids"], out["attention_mask"]
+    assert (mask == 0).any() and bool((expected[mask == 0] == 5).all())
+    assert torch.equal(torch.as_tensor(padded(text=TEXTS, return_tensors="np")["input_ids"]), expected)
+    assert torch.equal(torch.tensor(padded(text=TEXTS)["input_ids"]), expected)
