@@ -183,8 +183,12 @@ def run_source(name: str, argv: list[str]) -> Path:
                           parity=result.parity, notes=result.notes)
             out = save_converted(result.model, args.output_dir, result.processor, card, report)
         if args.push_to_hub:
-            with progress.stage("push"):
-                url = push_to_hub(out, args.push_to_hub, private=args.private, token=args.token)
+            try:
+                with progress.stage("push"):
+                    url = push_to_hub(out, args.push_to_hub, private=args.private, token=args.token)
+            except Exception as err:  # network, authentication, Hub errors: the folder is saved, say so
+                raise ValueError(f"the converted model is saved in {out}, but pushing it to {args.push_to_hub!r} "
+                                 f"failed: {type(err).__name__}: {err}") from err
             print(f"pushed to {args.push_to_hub}: {url}")
     except (UnmappedTensorsError, ValueError, TypeError, FileNotFoundError) as err:
         progress.close()

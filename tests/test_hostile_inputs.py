@@ -174,6 +174,8 @@ CASES = [
      [r"max_new_tokens", r"context length 12", r"max_position_embeddings"]),
     ("coca-generate-static-cache", lambda: generate("coca", dict(cache_implementation="static")), ValueError,
      [r"cache_implementation='static'", r"not supported by CocaModel"]),
+    ("dalle-generate-max-new-tokens", lambda: generate("dalle", dict(max_new_tokens=3)), ValueError,
+     [r"max_new_tokens", r"image_seq_len=\d+", r"leave max_new_tokens unset"]),
     ("dalle-generate-static-cache", lambda: generate("dalle", dict(cache_implementation="static")), ValueError,
      [r"cache_implementation='static'", r"not supported by DalleForImageGeneration"]),
     ("flamingo-generate-output-hidden-states",

@@ -539,3 +539,19 @@ def test_checkpoint_whose_tied_tensors_differ_fails(tmp_path):
                        r"\['to_logits.1.weight'\]|to_logits.1.weight vs \['token_emb.weight'\])"):
         run_cli("coca_pytorch", "--reference-kwargs", json.dumps(kwargs), "--checkpoint", str(tmp_path / "coca.pt"),
                 "--output-dir", str(tmp_path / "out"))
+
+
+def test_failed_push_is_a_cli_error_naming_the_saved_folder(tmp_path, tokenizer_dir, monkeypatch):
+    """An unreachable Hub used to end in a raw traceback from the HTTP client."""
+    import conversion.common
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(conversion.common, "push_to_hub", offline)
+    _, kwargs_path, checkpoint = x_clip_reference(tmp_path)
+    with pytest.raises(SystemExit, match=r"error: the converted model is saved in .*out.*pushing it to 'me/tiny' "
+                                         r"failed: ConnectionError"):
+        run_cli("x_clip", "--reference-kwargs", kwargs_path, "--checkpoint", checkpoint,
+                "--output-dir", str(tmp_path / "out"), "--tokenizer", tokenizer_dir, "--push-to-hub", "me/tiny")
+    assert (tmp_path / "out" / "model.safetensors").exists()

@@ -98,6 +98,10 @@ class DalleGenerationMixin:
             raise ValueError(f"num_init_img_tokens={num_init_img_tokens} primes with the codes of init_image: pass "
                              "init_image too, or leave num_init_img_tokens None")
         new_tokens = config.text_seq_len + config.image_seq_len - input_ids.shape[1]
+        for name in ("max_new_tokens", "min_new_tokens", "max_length", "min_length"):
+            if kwargs.get(name) is not None:
+                raise ValueError(f"{name}: DALL-E always generates the image's remaining {new_tokens} codes "
+                                 f"(image_seq_len={config.image_seq_len}); leave {name} unset")
         kwargs["max_new_tokens"] = kwargs["min_new_tokens"] = new_tokens
         processors = LogitsProcessorList(logits_processor or [])
         processors.append(ImageVocabularyLogitsProcessor(config.text_vocab_size, config.vocab_size))
