@@ -98,10 +98,14 @@ class DalleGenerationMixin:
             raise ValueError(f"num_init_img_tokens={num_init_img_tokens} primes with the codes of init_image: pass "
                              "init_image too, or leave num_init_img_tokens None")
         new_tokens = config.text_seq_len + config.image_seq_len - input_ids.shape[1]
-        for name in ("max_new_tokens", "min_new_tokens", "max_length", "min_length"):
-            if kwargs.get(name) is not None:
-                raise ValueError(f"{name}: DALL-E always generates the image's remaining {new_tokens} codes "
-                                 f"(image_seq_len={config.image_seq_len}); leave {name} unset")
+        total = input_ids.shape[1] + new_tokens
+        for name, value, fits in (("max_new_tokens", kwargs.get("max_new_tokens"), lambda v: v >= new_tokens),
+                                  ("min_new_tokens", kwargs.get("min_new_tokens"), lambda v: v <= new_tokens),
+                                  ("max_length", kwargs.get("max_length"), lambda v: v >= total),
+                                  ("min_length", kwargs.get("min_length"), lambda v: v <= total)):
+            if value is not None and not fits(value):  # e.g. the pipelines' default max_new_tokens=256 fits
+                raise ValueError(f"{name}={value}: DALL-E always generates the image's remaining {new_tokens} codes "
+                                 f"(image_seq_len={config.image_seq_len}, {total} tokens with the prompt)")
         kwargs["max_new_tokens"] = kwargs["min_new_tokens"] = new_tokens
         processors = LogitsProcessorList(logits_processor or [])
         processors.append(ImageVocabularyLogitsProcessor(config.text_vocab_size, config.vocab_size))
