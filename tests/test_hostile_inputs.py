@@ -161,7 +161,7 @@ CASES = [
      lambda: generate("coca", image_embeds=torch.randn(2, 5, 32)), ValueError,
      [r"exactly one of pixel_values .* or image_embeds"]),
     ("coca-position-ids-1d", lambda: forward("coca", position_ids=torch.arange(ids("coca").shape[1])), ValueError,
-     [r"position_ids", r"shape of input_ids", r"\(2, \d+\)"]),
+     [r"position_ids", r"\(batch, sequence_length\) = \(2, \d+\)"]),
     ("coca-position-ids-negative", lambda: forward("coca", position_ids=-torch.ones_like(ids("coca"))), ValueError,
      [r"position_ids", r"\[0, 12\)", r"max_position_embeddings"]),
     ("coca-position-ids-beyond-table", lambda: forward("coca", position_ids=torch.full_like(ids("coca"), 20)),

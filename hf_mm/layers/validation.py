@@ -69,21 +69,22 @@ def check_token_ids(
         )
 
 
-def check_position_ids(position_ids, input_ids: torch.Tensor, *, max_position: int | None = None,
-                       max_field: str = "max_position_embeddings") -> None:
-    """`position_ids (batch, sequence_length)`, shaped like `input_ids`: integers in `[0, max_position)`."""
-    if position_ids is None:
-        return
-    if not is_integer_tensor(position_ids):
-        raise TypeError(f"position_ids must be an integer tensor of shape (batch, sequence_length) = "
-                        f"{tuple(input_ids.shape)}, got {describe(position_ids)}")
-    if tuple(position_ids.shape) != tuple(input_ids.shape):
-        raise ValueError(f"position_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
-                         f"got {tuple(position_ids.shape)}")
-    low, high = int(position_ids.min()), int(position_ids.max())
-    if low < 0 or (max_position is not None and high >= max_position):
-        limit = f"[0, {max_position}) ({max_field})" if max_position is not None else "[0, inf)"
-        raise ValueError(f"position_ids must lie in {limit}, got values in [{low}, {high}]")
+def check_index_tensor(value, name: str, shape: tuple, *, high: int | None = None, high_field: str = "",
+                       broadcast_batch: bool = False, ignore_index: int | None = None) -> None:
+    """An integer tensor of `shape = (batch, sequence_length)` (batch 1 too with `broadcast_batch`) whose values
+    lie in `[0, high)` or equal `ignore_index`: position ids, media times, labels."""
+    layout = f"(batch, sequence_length) = {tuple(shape)}"
+    if not is_integer_tensor(value):
+        raise TypeError(f"{name} must be an integer tensor of shape {layout}, got {describe(value)}")
+    if value.ndim != 2 or value.shape[1] != shape[1] or value.shape[0] not in ({shape[0], 1} if broadcast_batch
+                                                                               else {shape[0]}):
+        raise ValueError(f"{name} must have shape {layout}{' (or batch 1)' if broadcast_batch else ''}, "
+                         f"got {tuple(value.shape)}")
+    checked = value[value != ignore_index] if ignore_index is not None else value
+    if checked.numel() and (int(checked.min()) < 0 or (high is not None and int(checked.max()) >= high)):
+        limit = f"[0, {high})" + (f" ({high_field})" if high_field else "") if high is not None else "[0, inf)"
+        ignored = f" or be {ignore_index} (ignored)" if ignore_index is not None else ""
+        raise ValueError(f"{name} must lie in {limit}{ignored}, got values in [{int(value.min())}, {int(value.max())}]")
 
 
 def check_attention_mask(attention_mask, expected_shape: tuple, name: str = "attention_mask",

@@ -36,8 +36,8 @@ from ...layers import (
     self_attention_mask,
 )
 from ...layers.validation import (
-    check_attention_mask, check_embeddings, check_output_options, check_position_ids, check_positive_int,
-    check_texts_per_image, check_token_ids, describe, is_integer_tensor,
+    check_attention_mask, check_embeddings, check_index_tensor, check_output_options, check_positive_int,
+    check_texts_per_image, check_token_ids,
 )
 from ...modeling_utils import HfMmPreTrainedModel
 from .configuration_coca import CocaConfig
@@ -338,8 +338,9 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         if position_ids is not None:
             t = self.config.text_config
             learned = t.position_embedding_type == "learned"
-            check_position_ids(position_ids, input_ids, max_position=t.max_position_embeddings if learned else None,
-                               max_field="text_config.max_position_embeddings")
+            check_index_tensor(position_ids, "position_ids", input_ids.shape, broadcast_batch=True,
+                               high=t.max_position_embeddings if learned else None,
+                               high_field="text_config.max_position_embeddings")
             return position_ids
         n = input_ids.shape[1]
         return torch.arange(past_length, past_length + n, device=input_ids.device).expand(input_ids.shape[0], n)
@@ -452,14 +453,8 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
 
     def _caption_targets(self, labels, input_ids, attention_mask):
         """`labels (b, n)` -> next-token targets `(b, n)`: -100 at the last position, padding and ignored labels."""
-        if not is_integer_tensor(labels):
-            raise TypeError(f"labels must be an integer tensor of token ids (-100: ignored), got {describe(labels)}")
-        if labels.shape != input_ids.shape:
-            raise ValueError(f"labels must have shape {tuple(input_ids.shape)} like input_ids, got {tuple(labels.shape)}")
-        vocab = self.config.text_config.vocab_size
-        if bool(((labels < 0) & (labels != -100)).any()) or bool((labels >= vocab).any()):
-            raise ValueError(f"labels must lie in [0, {vocab}) (text_config.vocab_size) or be -100 (ignored), got "
-                             f"values in [{int(labels.min())}, {int(labels.max())}]")
+        check_index_tensor(labels, "labels", input_ids.shape, high=self.config.text_config.vocab_size,
+                           high_field="text_config.vocab_size", ignore_index=-100)
         # position i predicts token i + 1 and the last position nothing: shifting the labels (not slicing the
         # logits) keeps the logits a view, saving a copy of the (b, n - 1, vocab) slice
         targets = F.pad(labels[:, 1:], (0, 1), value=-100)

@@ -25,8 +25,8 @@ from hf_mm.layers import (
     row_indices, rows_needed, self_attention_mask,
 )
 from hf_mm.layers.validation import (
-    check_attention_mask, check_embeddings, check_output_options, check_pixel_values, check_texts_per_image, check_token_ids, describe,
-    is_integer_tensor,
+    check_attention_mask, check_embeddings, check_index_tensor, check_output_options, check_pixel_values,
+    check_texts_per_image, check_token_ids,
 )
 from hf_mm.modeling_utils import HfMmPreTrainedModel
 
@@ -197,30 +197,6 @@ class FlamingoModel(FlamingoPreTrainedModel):
             raise ValueError(f"media_latents must have {p.num_latents} latents per medium "
                              f"(perceiver_config.num_latents), got shape {tuple(media_latents.shape)}")
 
-    @staticmethod
-    def _check_media_time(media_time, shape, num_media):
-        """`media_time (b, n)`: integers in `[0, num_media]` (0 = before the first medium)."""
-        if not is_integer_tensor(media_time):
-            raise TypeError(f"media_time must be an integer tensor of shape (batch, sequence_length) = {tuple(shape)}, "
-                            f"got {describe(media_time)}")
-        if tuple(media_time.shape) != tuple(shape):
-            raise ValueError(f"media_time must have shape (batch, sequence_length) = {tuple(shape)}, "
-                             f"got {tuple(media_time.shape)}")
-        low, high = int(media_time.min()), int(media_time.max())
-        if low < 0 or high > num_media:
-            raise ValueError(f"media_time must lie in [0, {num_media}] (0 = before the first medium, t = after the "
-                             f"t-th of the {num_media} media), got values in [{low}, {high}]")
-
-    @staticmethod
-    def _check_position_ids(position_ids, b, n):
-        """`position_ids (b or 1, n)`: an integer tensor."""
-        if not is_integer_tensor(position_ids):
-            raise TypeError(f"position_ids must be an integer tensor of shape (batch, sequence_length) = ({b}, {n}), "
-                            f"got {describe(position_ids)}")
-        if position_ids.ndim != 2 or position_ids.shape[0] not in (1, b) or position_ids.shape[1] != n:
-            raise ValueError(f"position_ids must have shape (batch or 1, sequence_length) with batch={b}, "
-                             f"sequence_length={n}, got {tuple(position_ids.shape)}")
-
     def _check_media_tokens(self, input_ids, num_media):
         counts = (input_ids == self.config.media_token_id).sum(dim=-1)
         if bool((counts != num_media).any()):
@@ -273,7 +249,7 @@ class FlamingoModel(FlamingoPreTrainedModel):
             inputs_embeds = inputs_embeds.to(self.get_input_embeddings().weight.dtype)
         b, n = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         if position_ids is not None:
-            self._check_position_ids(position_ids, b, n)
+            check_index_tensor(position_ids, "position_ids", (b, n), broadcast_batch=True)
         if media_latents is not None:
             self._check_media_latents(media_latents)
             media_latents = media_latents.to(self.perceiver.latents.dtype)
@@ -289,7 +265,8 @@ class FlamingoModel(FlamingoPreTrainedModel):
         check_attention_mask(attention_mask, (b, past_len + n), layout="(batch, past + new tokens)")
         num_media = media_latents.shape[1] if media_latents is not None else self._cached_num_media(past_key_values)
         if media_time is not None and num_media:
-            self._check_media_time(media_time, (b, n), num_media)
+            check_index_tensor(media_time, "media_time", (b, n), high=num_media + 1,
+                               high_field="0 = before the first medium, t = after the t-th")
         if not num_media and past_len == 0 and input_ids is not None:  # media tokens without media: refused
             self._check_media_tokens(input_ids, 0)
         if media_time is None and num_media:
@@ -468,7 +445,9 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
         loss target reads skip the per-token layers, and their logits are 0."""
         check_output_options(type(self).__name__, kwargs)
         if labels is not None:
-            self._check_labels(labels, input_ids if input_ids is not None else inputs_embeds)
+            text = input_ids if input_ids is not None else inputs_embeds
+            check_index_tensor(labels, "labels", tuple(text.shape[:2]), high=self.config.text_config.vocab_size,
+                               high_field="text_config.vocab_size", ignore_index=-100)
         targets = None
         if (labels is not None and self.training and self.config.skip_unused_positions and not logits_to_keep
                 and self.config.uses_builtin_text_model):
@@ -492,19 +471,6 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
                                       **kwargs)
         return FlamingoCausalLMOutput(loss=loss, logits=logits, past_key_values=out.past_key_values,
                                       media_latents=out.media_latents)
-
-    def _check_labels(self, labels, text):
-        """`labels (b, n)` like the text: ids in `[0, vocab_size)` or -100 (ignored)."""
-        if not is_integer_tensor(labels):
-            raise TypeError(f"labels must be an integer tensor of shape (batch, sequence_length), "
-                            f"got {describe(labels)}")
-        if text is not None and tuple(labels.shape) != tuple(text.shape[:2]):
-            raise ValueError(f"labels must have shape (batch, sequence_length) = {tuple(text.shape[:2])} like the "
-                             f"text, got {tuple(labels.shape)}")
-        vocab = self.config.text_config.vocab_size
-        if bool(((labels < 0) & (labels != -100)).any()) or bool((labels >= vocab).any()):
-            raise ValueError(f"labels must lie in [0, {vocab}) (text_config.vocab_size) or be -100 (ignored), got "
-                             f"values in [{int(labels.min())}, {int(labels.max())}]")
 
     def generate(self, *args, **kwargs):
         """`GenerationMixin.generate`; the prompt is `input_ids` (its media tokens place the media)."""
