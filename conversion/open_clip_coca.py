@@ -91,7 +91,7 @@ def build_config(ref, **overrides) -> CocaConfig:
         num_attention_heads=tb.attn.num_heads, intermediate_size=tb.mlp.c_fc.out_features, hidden_act=_act(tb),
         layer_scale_init=_layer_scale(tb), max_position_embeddings=text.context_length,
         padding_mask_style="open_clip" if text.correct_cls_mask else "open_clip_legacy", pad_token_id=text.pad_id,
-        layer_norm_eps=text_eps,
+        layer_norm_eps=text_eps, cls_position="end_of_context",  # its tokenizer pads every text to the context
     )
     for key in ("bos_token_id", "eos_token_id"):
         if key in overrides:

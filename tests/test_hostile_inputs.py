@@ -323,6 +323,8 @@ CASES = [
      [r"projection_dim", r">= 1"]),
     ("coca-config-bos-beyond-vocab", lambda: config_error("coca", text_config=dict(COCA_TEXT, bos_token_id=64)),
      ValueError, [r"text_config.bos_token_id \(64\)", r"vocab_size=64"]),
+    ("coca-config-cls-position", lambda: config_error("coca", text_config=dict(COCA_TEXT, cls_position="end")),
+     ValueError, [r"text_config.cls_position", r"'end_of_context'", r"'end'"]),
     ("coca-config-logit-scale-max", lambda: config_error("coca", logit_scale_max=0.0), ValueError,
      [r"logit_scale_max", r"> 0"]),
     ("x_clip-config-logit-scale-max", lambda: config_error("x_clip", logit_scale_max=-1.0), ValueError,

@@ -19,6 +19,9 @@ class CocaTextConfig(PreTrainedConfig):
     `padding_mask_style` fixes what padded positions and the appended CLS token attend to (real tokens always
     attend to real tokens only): "open_clip_legacy" reproduces open_clip's shifted CLS mask (its released
     checkpoints), "open_clip" its corrected mask, "coca_pytorch" masks padding for the CLS query only.
+    `cls_position` (learned positions): "after_text" puts the CLS right after the (padded) text; "end_of_context"
+    at position `max_position_embeddings`, seeing the text padded to the context, as open_clip's CLS always is
+    after its tokenizer (converted open_clip checkpoints): its embedding then does not depend on the padding.
 
     Example:
     ```python
@@ -49,6 +52,7 @@ class CocaTextConfig(PreTrainedConfig):
     max_position_embeddings: int = 76  # the context length, CLS excluded
     rope_theta: float = 10000.0
     padding_mask_style: str = "open_clip_legacy"
+    cls_position: str = "after_text"  # or "end_of_context" (open_clip's, see above)
     initializer_range: float = 0.02
     pad_token_id: int | None = 0
     bos_token_id: int | None = 49406
@@ -167,6 +171,10 @@ class CocaConfig(PreTrainedConfig):
         t = self.text_config
         if t.padding_mask_style not in PADDING_MASK_STYLES:
             raise ValueError(f"text_config.padding_mask_style must be one of {PADDING_MASK_STYLES}, got {t.padding_mask_style!r}")
+        if t.cls_position not in ("after_text", "end_of_context") or (
+                t.cls_position == "end_of_context" and t.position_embedding_type != "learned"):
+            raise ValueError("text_config.cls_position must be 'after_text' or (with learned positions) "
+                             f"'end_of_context', got {t.cls_position!r} with {t.position_embedding_type!r} positions")
         if t.position_embedding_type not in ("learned", "rotary"):
             raise ValueError(f"text_config.position_embedding_type must be 'learned' or 'rotary', got {t.position_embedding_type!r}")
         if t.num_attention_heads < 1 or t.num_attention_heads % t.num_key_value_heads:

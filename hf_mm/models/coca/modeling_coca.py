@@ -126,15 +126,16 @@ class CocaTextModel(nn.Module):
         that none of them reads, whose states are then not meaningful. Padded positions (`attention_mask` 0) are
         embedded as `pad_token_id` whatever id the tokenizer padded with: open_clip's CLS sees the first pad.
 
-        With a learned position table the CLS takes its last row, as open_clip's CLS does after its tokenizer padded
-        every text to the context length, and a text without padding gets one pad (the one open_clip's shifted CLS
-        mask lets the CLS see): the CLS embedding does not depend on how far the batch was padded."""
+        `text_config.cls_position="end_of_context"` (converted open_clip checkpoints): the CLS takes the position
+        table's last row, as open_clip's does after its tokenizer padded every text to the context, and a text
+        without padding gets one pad (the one open_clip's shifted CLS mask lets the CLS see), so the CLS embedding
+        does not depend on how far the batch was padded."""
         b, n = input_ids.shape
         pad_id = self.config.text_config.pad_token_id
         if attention_mask is not None and pad_id is not None:
             input_ids = input_ids.masked_fill(attention_mask[:, -n:] == 0, pad_id)
         cls_position = position_ids[:, -1:] + 1
-        if append_cls and self.position_embedding is not None:
+        if append_cls and self.config.text_config.cls_position == "end_of_context":
             limit = self.config.text_config.max_position_embeddings
             real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
             if n < limit and bool(real[:, -1].any()):
