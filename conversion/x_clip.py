@@ -81,6 +81,7 @@ def config_from_reference(clip) -> XClipConfig:
         mlm = clip.mlm
         kwargs.update(mlm_mask_prob=mlm.mask_prob, mlm_replace_prob=mlm.replace_prob,
                       mlm_random_token_prob=mlm.random_token_prob, mlm_mask_token_id=mlm.mask_token_id,
+                      mlm_pad_token_id=mlm.pad_token_id,  # x-clip's own MLM pad id, independent of text_pad_id
                       mlm_mask_ignore_token_ids=sorted(mlm.mask_ignore_token_ids - {mlm.pad_token_id}))
     if getattr(clip, "use_visual_ssl", False):
         ssl = clip.visual_ssl

@@ -140,6 +140,8 @@ class XClipConfig(PreTrainedConfig):
     mlm_replace_prob: float = 0.9
     mlm_random_token_prob: float = 0.0
     mlm_mask_token_id: int = 2
+    # x-clip's MLM pad id (label fill, ignore_index, never masked), its own `mlm_pad_token_id`; None: text pad id
+    mlm_pad_token_id: int | None = None
     mlm_mask_ignore_token_ids: list[int] | None = None
     use_visual_ssl: bool = False
     visual_ssl_type: str = "simsiam"
@@ -175,6 +177,13 @@ class XClipConfig(PreTrainedConfig):
             raise ValueError("sim_reg_loss_weight > 0 needs pooled embeddings: set use_all_token_embeds=False")
         if self.use_mlm and not isinstance(self.text_config, XClipTextConfig):
             raise ValueError("use_mlm=True needs the built-in text tower (text_config of type XClipTextConfig)")
+        if self.use_mlm and self.mlm_pad_id is None:
+            raise ValueError("use_mlm=True needs mlm_pad_token_id or text_config.pad_token_id (the MLM label pad), "
+                             "got None for both")
+        vocab_size = getattr(self.text_config, "vocab_size", None)
+        if self.mlm_pad_token_id is not None and vocab_size is not None and not 0 <= self.mlm_pad_token_id < vocab_size:
+            raise ValueError(f"mlm_pad_token_id ({self.mlm_pad_token_id}) must lie in [0, text_config.vocab_size="
+                             f"{vocab_size})")
         if self.use_visual_ssl and not isinstance(self.vision_config, XClipVisionConfig):
             raise ValueError("use_visual_ssl=True needs the built-in vision tower (vision_config of type XClipVisionConfig)")
         if self.logit_scale_max is not None and not self.logit_scale_max > 0:
@@ -182,6 +191,11 @@ class XClipConfig(PreTrainedConfig):
         for name in ("text_ssl_loss_weight", "image_ssl_loss_weight", "multiview_loss_weight", "sim_reg_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def mlm_pad_id(self) -> int | None:
+        """The MLM pad id in use: `mlm_pad_token_id`, or the text pad id when it is None."""
+        return getattr(self.text_config, "pad_token_id", None) if self.mlm_pad_token_id is None else self.mlm_pad_token_id
 
     @property
     def logit_scale_init(self) -> float:

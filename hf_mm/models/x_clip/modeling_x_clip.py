@@ -263,10 +263,11 @@ class XClipModel(XClipPreTrainedModel):
             )
 
     # --------------------------------------------------------------------------------------------- towers
-    def encode_text(self, input_ids, text_mask, freeze: bool = False) -> torch.Tensor:
-        """`(b, n)` -> token states `(b, [1 +] n, d)`; under `no_grad` and detached when `freeze` (LiT)."""
+    def encode_text(self, input_ids, text_mask, freeze: bool = False, keep_mask: bool = False) -> torch.Tensor:
+        """`(b, n)` -> token states `(b, [1 +] n, d)`; under `no_grad` and detached when `freeze` (LiT).
+        `text_mask` is dropped under `text_encode_without_mask` unless `keep_mask` (x-clip's MLM pass)."""
         with torch.no_grad() if freeze else nullcontext():
-            mask = None if self.config.text_encode_without_mask else text_mask
+            mask = None if self.config.text_encode_without_mask and not keep_mask else text_mask
             if self.builtin_text:
                 states = self.text_model(input_ids, mask)
             else:
@@ -357,9 +358,10 @@ class XClipModel(XClipPreTrainedModel):
                              f"pixel_values has batch {pixel_values.shape[0]}")
 
         mlm_loss = visual_ssl_loss = None
-        if return_loss and self.mlm is not None:  # drawn first, as in x-clip, so a shared seed gives the same masks
+        # MLM: drawn first, as in x-clip, so a shared seed gives the same masks; its pass always masks padding
+        if return_loss and self.mlm is not None:
             masked_ids, labels = self.mlm.mask_tokens(input_ids)
-            mlm_loss = self.mlm.loss(self.encode_text(masked_ids, text_mask), labels)
+            mlm_loss = self.mlm.loss(self.encode_text(masked_ids, text_mask, keep_mask=True), labels)
         if return_loss and self.visual_ssl is not None:
             visual_ssl_loss = self.visual_ssl(pixel_values, self.encode_image)
 

@@ -31,15 +31,16 @@ def mask_subset_with_prob(mask: torch.Tensor, prob: float) -> torch.Tensor:
 
 
 class XClipMLMHead(nn.Module):
-    """BERT-style masking of `input_ids (b, n)` and the prediction head over the text tower's tokens."""
+    """BERT-style masking of `input_ids (b, n)` and the prediction head over the text tower's tokens. Its pad id
+    (`config.mlm_pad_id`, x-clip's MLM `pad_token_id`) fills the labels, is ignored by the loss and never masked."""
 
     def __init__(self, config):
         super().__init__()
         text = config.text_config
-        self.vocab_size, self.pad_token_id = text.vocab_size, text.pad_token_id
+        self.vocab_size, self.pad_token_id = text.vocab_size, config.mlm_pad_id
         self.mask_prob, self.replace_prob = config.mlm_mask_prob, config.mlm_replace_prob
         self.random_token_prob, self.mask_token_id = config.mlm_random_token_prob, config.mlm_mask_token_id
-        self.ignore_ids = sorted({*config.mlm_mask_ignore_token_ids, text.pad_token_id})
+        self.ignore_ids = sorted({*config.mlm_mask_ignore_token_ids, self.pad_token_id})
         self.lm_head = nn.Linear(text.hidden_size, text.vocab_size)
 
     def mask_tokens(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -180,3 +180,21 @@ def test_external_text_tower_checks_its_vocabulary():
         model(ids.index_fill(1, torch.tensor([2]), 60), pixels)
     with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 50\)"):
         model.get_text_features(torch.full((2, 8), -1))
+
+
+def test_mlm_pad_token_id_survives_save_and_load_and_defaults_to_the_text_pad_id(tmp_path):
+    """x-clip's MLM pad id (label fill, ignore_index, never masked) is its own; None means text_config.pad_token_id."""
+    default = XClipConfig(text_config={**TEXT, "pad_token_id": 4}, use_mlm=True, mlm_mask_ignore_token_ids=[1])
+    assert default.mlm_pad_token_id is None
+    assert XClipModel(default).mlm.pad_token_id == 4 and XClipModel(default).mlm.ignore_ids == [1, 4]
+    own = XClipConfig(text_config={**TEXT, "pad_token_id": 4}, use_mlm=True, mlm_pad_token_id=3)
+    own.save_pretrained(tmp_path)
+    loaded = XClipConfig.from_pretrained(tmp_path)
+    assert loaded.mlm_pad_token_id == 3 and loaded.text_config.pad_token_id == 4
+    assert XClipModel(loaded).mlm.pad_token_id == 3 and XClipModel(loaded).mlm.ignore_ids == [3]
+    default.save_pretrained(tmp_path)
+    assert XClipConfig.from_pretrained(tmp_path).mlm_pad_token_id is None
+    with pytest.raises(ValueError, match=r"mlm_pad_token_id \(50\) must lie in \[0, text_config.vocab_size=50\)"):
+        XClipConfig(text_config=TEXT, use_mlm=True, mlm_pad_token_id=50)
+    with pytest.raises(ValueError, match="use_mlm=True needs mlm_pad_token_id or text_config.pad_token_id"):
+        XClipConfig(text_config={**TEXT, "pad_token_id": None}, use_mlm=True)

@@ -22,6 +22,9 @@ CONFIGS = {
     "simsiam": dict(visual_ssl_type="simsiam"),
     "simclr": dict(visual_ssl_type="simclr"),
     "encode_without_mask": dict(text_encode_without_mask=True),
+    "mlm_encode_without_mask": dict(use_mlm=True, text_encode_without_mask=True),  # the MLM pass still masks pads
+    "mlm_own_pad_id": dict(use_mlm=True, mlm_pad_token_id=3),
+    "mlm_text_pad_id": dict(use_mlm=True, text_pad_id=5),  # the MLM pad id stays x-clip's default 0
 }
 
 
@@ -35,11 +38,11 @@ def x_clip():
     return module
 
 
-def inputs(seed=0, batch=3):
+def inputs(seed=0, batch=3, pad=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 100, (batch, 16), generator=g)
-    ids[0, 10:] = 0
-    ids[2, 5:] = 0
+    ids[0, 10:] = pad
+    ids[2, 5:] = pad
     return ids, torch.randn(batch, 3, 32, 32, generator=g)
 
 
@@ -67,7 +70,7 @@ def build(x_clip, options):
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_parity(x_clip, name):
     reference, model = build(x_clip, CONFIGS[name])
-    ids, pixels = inputs()
+    ids, pixels = inputs(pad=reference.text_pad_id)
     reference.eval(), model.eval()
     with torch.no_grad():
         ref_text, ref_image = reference(ids, pixels, return_latents=True)[:2]
@@ -86,8 +89,14 @@ def test_parity(x_clip, name):
     torch.manual_seed(1)
     ref_loss = reference(ids, pixels, return_loss=True)
     torch.manual_seed(1)
-    loss = model(ids, pixels, return_loss=True).loss
+    out = model(ids, pixels, return_loss=True)
+    loss = out.loss
     diffs["loss"] = (ref_loss - loss).abs().item()
+    if reference.use_mlm:  # the MLM term alone, with the same masks (x-clip draws them first)
+        with torch.no_grad():
+            torch.manual_seed(1)
+            ref_mlm = reference.mlm(ids, mask=ids != reference.text_pad_id)
+        diffs["mlm_loss"] = (ref_mlm - out.mlm_loss).abs().item()
     ref_loss.backward(), loss.backward()
     diffs["temperature_grad"] = (reference.temperature.grad - model.logit_scale.logit_scale.grad).abs().item()
     print(name, diffs)
