@@ -55,7 +55,9 @@ def vae_config_from_kwargs(kwargs: dict) -> DiscreteVAEConfig:
     if unknown:
         raise ValueError(f"unsupported DiscreteVAE arguments: {sorted(unknown)}")
     kwargs = dict(kwargs)
-    if "normalization" in kwargs and kwargs["normalization"] is not None:
+    # dalle-pytorch's default, 4-wide (DiscreteVAEConfig cuts it to `channels`); hf_mm's own default is 3-wide
+    kwargs.setdefault("normalization", ((0.5, 0.5, 0.5, 0), (0.5, 0.5, 0.5, 1)))
+    if kwargs["normalization"] is not None:
         means, stds = kwargs["normalization"]
         kwargs["normalization"] = [list(means), list(stds)]
     return DiscreteVAEConfig(**kwargs)

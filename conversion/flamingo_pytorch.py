@@ -25,7 +25,7 @@ from .common import (
 from .lucidrains import (
     convert_bias_free_layernorm, convert_gated_cross_attention, convert_parallel_block, convert_perceiver_layers,
 )
-from .vit_pytorch import check_square_image, convert_vit_pytorch
+from .vit_pytorch import check_square_image, check_vit_extractor, convert_vit_pytorch
 
 
 def config_from_reference(ref, vision_kwargs: dict) -> FlamingoConfig:
@@ -76,8 +76,8 @@ def convert_state_dict(conv: StateDictConverter, ref, config: FlamingoConfig) ->
 def convert(reference_model, state_dict: dict | None = None) -> FlamingoForConditionalGeneration:
     """`FlamingoPaLM` (instance; optionally weights from `state_dict`) -> `FlamingoForConditionalGeneration` (eval)."""
     conv = StateDictConverter(state_dict if state_dict is not None else reference_model.state_dict())
-    vit = getattr(reference_model.img_encoder, "vit", reference_model.img_encoder)
-    vision_kwargs = convert_vit_pytorch(conv, "img_encoder.vit", "model.vision_model", vit)
+    check_vit_extractor(reference_model.img_encoder)
+    vision_kwargs = convert_vit_pytorch(conv, "img_encoder.vit", "model.vision_model", reference_model.img_encoder.vit)
     config = config_from_reference(reference_model, vision_kwargs)
     convert_state_dict(conv, reference_model, config)
     model = FlamingoForConditionalGeneration(config)

@@ -18,6 +18,29 @@ def check_square_image(vit_kwargs: dict) -> None:
         raise ValueError(f"vit image_size={tuple(size)}: only square images are supported (hf_mm's vision tower)")
 
 
+def _qualified_name(obj) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def check_vit_extractor(encoder) -> None:
+    """`convert_vit_pytorch` maps a vit-pytorch `ViT` to the output of its `transformer` (after the final norm):
+    the image encoder must be an `Extractor` of a `vit_pytorch.ViT` taking that output (its defaults). `detach` and
+    `return_embeddings_only` do not change the image tokens."""
+    if _qualified_name(encoder) != "vit_pytorch.extractor.Extractor":
+        raise ValueError(f"img_encoder: only a vit_pytorch Extractor is supported (wrapping a vit_pytorch.ViT), "
+                         f"got {_qualified_name(encoder)}")
+    if _qualified_name(encoder.vit) != "vit_pytorch.vit.ViT":
+        raise ValueError(f"img_encoder: only vit_pytorch.ViT is supported (in the Extractor), "
+                         f"got {_qualified_name(encoder.vit)}")
+    only = "only the output of vit.transformer (the Extractor default) is converted"
+    if encoder.layer is not None:
+        raise ValueError(f"img_encoder: Extractor(layer={type(encoder.layer).__name__}) is not supported: {only}")
+    if encoder.layer_name != "transformer":
+        raise ValueError(f"img_encoder: Extractor(layer_name={encoder.layer_name!r}) is not supported: {only}")
+    if encoder.layer_save_input:
+        raise ValueError(f"img_encoder: Extractor(layer_save_input=True) is not supported: {only}")
+
+
 def convert_vit_pytorch(conv: StateDictConverter, src_prefix: str, dst_prefix: str, vit_module) -> dict:
     """Move every tensor of `vit_module` (a vit-pytorch `ViT`, found at `src_prefix` in `conv.source`) to a
     `VisionTransformer` at `dst_prefix`. Returns the `VisionTowerConfig` kwargs that reproduce it."""

@@ -13,6 +13,9 @@ VAE_CONFIGS = {
     "straight-through-reinmax-l1-kl": dict(image_size=16, num_layers=2, num_tokens=20, codebook_dim=8, hidden_dim=8,
                                            straight_through=True, reinmax=True, smooth_l1_loss=True,
                                            kl_div_loss_weight=0.5, temperature=0.6),
+    # no `normalization`: dalle-pytorch's default is 4-wide, ((0.5, 0.5, 0.5, 0), (0.5, 0.5, 0.5, 1)), cut to channels
+    "2layers-rgba-default-norm": dict(image_size=16, num_layers=2, num_tokens=20, codebook_dim=8, hidden_dim=8,
+                                      channels=4),
 }
 
 BASE = dict(dim=32, num_text_tokens=50, text_seq_len=6, depth=2, heads=2, dim_head=16)
