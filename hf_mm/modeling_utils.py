@@ -96,6 +96,19 @@ class HfMmPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         reset_non_persistent_buffers(module)
 
+    def enable_input_require_grads(self):
+        """transformers' hooks on the token embeddings of every PreTrainedModel inside, plus the patch embedding of
+        every vision tower (plain modules here, which transformers does not see): with reentrant activation
+        checkpointing, trainable weights inside a frozen vision tower (LoRA) would otherwise get no gradient."""
+        super().enable_input_require_grads()
+
+        def make_output_require_grad(module, inputs, output):
+            output.requires_grad_(True)
+
+        towers = [m.patch_embedding for m in self.modules() if isinstance(getattr(m, "patch_embedding", None), nn.Module)]
+        self._require_grads_hooks = [*getattr(self, "_require_grads_hooks", []),
+                                     *(tower.register_forward_hook(make_output_require_grad) for tower in towers)]
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
         """transformers' `from_pretrained`; with `strict=True` (default) any missing, unexpected or mis-shaped
