@@ -45,6 +45,11 @@ def _norm_eps(modules, where: str) -> float:
     return eps.pop()
 
 
+def _layer_scale(block) -> float | None:
+    ls = getattr(block, "ls_1", None)
+    return float(ls.gamma.detach().flatten()[0]) if ls is not None and hasattr(ls, "gamma") else None
+
+
 def check_supported(ref) -> None:
     """Refuse the open_clip CoCa options hf_mm does not reproduce, instead of converting a model that would
     compute something else."""
@@ -55,17 +60,24 @@ def check_supported(ref) -> None:
         problems.append(f"vision pool_type={visual.pool_type!r} (only 'tok')")
     if getattr(visual, "final_ln_after_pool", False):
         problems.append("vision final_ln_after_pool=True")
-    if _act(ref.text_decoder.resblocks[0]) != _act(ref.text.transformer.resblocks[0]):
+    text_block, decoder_block = ref.text.transformer.resblocks[0], ref.text_decoder.resblocks[0]
+    if ref.text.attn_mask is None:  # use_pad_mask applies only then
+        problems.append("text no_causal_mask=True (a bidirectional text tower; hf_mm's is causal)")
+    if _act(decoder_block) != _act(text_block):
         problems.append("the decoder's MLP activation differs from the text tower's")
+    widths = text_block.mlp.c_fc.out_features, decoder_block.mlp.c_fc.out_features
+    if widths[0] != widths[1]:  # open_clip's decoder always has mlp_ratio 4
+        problems.append(f"text mlp_ratio: feed-forward width {widths[0]}, the decoder's {widths[1]} (hf_mm's decoder "
+                        "shares the text tower's)")
+    if (_layer_scale(text_block) is None) != (_layer_scale(decoder_block) is None):
+        problems.append("ls_init_value (layer scale) in only one of text_cfg / multimodal_cfg (hf_mm's decoder "
+                        "shares the text tower's)")
     if isinstance(ref.text.text_projection, torch.nn.Linear):
         problems.append("text proj_bias=True (a biased text projection)")
+    if ref.text.text_projection is None:
+        problems.append("text proj_type='none' (no text projection)")
     if problems:
         raise ValueError("cannot convert this open_clip CoCa exactly: " + "; ".join(problems))
-
-
-def _layer_scale(block) -> float | None:
-    ls = getattr(block, "ls_1", None)
-    return float(ls.gamma.detach().flatten()[0]) if ls is not None and hasattr(ls, "gamma") else None
 
 
 def build_config(ref, **overrides) -> CocaConfig:
@@ -202,7 +214,7 @@ def run(args, progress) -> Conversion:
                                   model.config.text_config.vocab_size),
     )
     cfg = model.config
-    from hf_mm.models.coca.processing_coca import CocaProcessor, CocaImageProcessor
+    from hf_mm.models.coca.processing_coca import CocaProcessor
 
     processor = CocaProcessor.from_open_clip(image_size=cfg.vision_config.image_size,
                                              context_length=cfg.text_config.max_position_embeddings)

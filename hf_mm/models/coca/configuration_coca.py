@@ -18,7 +18,12 @@ class CocaTextConfig(PreTrainedConfig):
 
     `padding_mask_style` fixes what padded positions and the appended CLS token attend to (real tokens always
     attend to real tokens only): "open_clip_legacy" reproduces open_clip's shifted CLS mask (its released
-    checkpoints), "open_clip" its corrected mask, "coca_pytorch" masks padding for the CLS query only.
+    checkpoints), "open_clip" its corrected mask, "coca_pytorch" masks padding for the CLS query only. hf_mm
+    deliberately never lets a real token see padding (the references' decoders, coca-pytorch's other text rows and
+    open_clip's shifted mask do), so padding never changes a real token's output (batched generation left-pads
+    prompts): parity holds for unpadded and right-padded text, as the references are trained; with left padding or
+    a pad id inside the text the real tokens after it differ. Without an `attention_mask` the padding is
+    `input_ids != pad_token_id`, as in both references.
     `cls_position` (learned positions): "after_text" puts the CLS right after the (padded) text; "end_of_context"
     at position `max_position_embeddings`, seeing the text padded to the context, as open_clip's CLS always is
     after its tokenizer (converted open_clip checkpoints): its embedding then does not depend on the padding.

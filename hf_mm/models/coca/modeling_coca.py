@@ -295,6 +295,17 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         expected = (input_ids.shape[0], past_length + input_ids.shape[1])
         check_attention_mask(attention_mask, expected, layout="(batch, past + new tokens)")
 
+    def _padding_mask(self, input_ids, attention_mask, past_length: int = 0):
+        """`attention_mask`, or without one (and no cache) `(input_ids != text_config.pad_token_id) (b, n)` as both
+        references and generate() derive it; None when nothing is padded. With a cache, pass the mask. Not derived
+        when the pad id is also the BOS or EOS id (as generate() does for EOS): real tokens would be masked."""
+        text = self.config.text_config
+        pad = text.pad_token_id
+        if attention_mask is not None or pad is None or past_length or pad in (text.bos_token_id, text.eos_token_id):
+            return attention_mask
+        real = input_ids != pad
+        return None if bool(real.all()) else real.long()
+
     # -- image side -----------------------------------------------------------------------------------
     def encode_image_tokens(self, pixel_values=None, image_embeds=None) -> torch.Tensor:
         """`pixel_values (b, 3, H, W)` or `image_embeds (b, m, image_embed_dim)` -> image tokens `(b, m, d_img)`."""
@@ -330,6 +341,7 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         """Normalised contrastive text embeddings `(b, projection_dim)`."""
         self._check_text(input_ids)
         self._check_attention_mask(attention_mask, input_ids, 0)
+        attention_mask = self._padding_mask(input_ids, attention_mask)
         position_ids = self._position_ids(input_ids, position_ids, 0)
         _, cls = self.text_model(input_ids, attention_mask, position_ids, self.rotary_emb, append_cls=True)
         return F.normalize(self.text_projection(cls), dim=-1)
@@ -367,6 +379,8 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         embeddings and the similarity logits are returned; the decoder runs when image and text batches match.
         With a cache (`use_cache=True` / `past_key_values`, as generate() does) only the caption logits are
         computed, and after the first step the image is not needed again.
+        Without `attention_mask`, padding is `input_ids != text_config.pad_token_id` (as in both references and
+        generate()); once a cache holds tokens, pass the mask of the past and new tokens if any is padding.
         Training with the caption loss (`return_loss`, train mode, `config.skip_unused_positions`): positions that
         neither a loss target nor the CLS reads (padding) skip the per-token layers, and their logits are 0.
         `sequences_per_image=g` (set by generate() for beams / `num_return_sequences`): the captions come in
@@ -381,6 +395,7 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         self._check_text(input_ids, past_length)
         self._check_attention_mask(attention_mask, input_ids, past_length)
+        attention_mask = self._padding_mask(input_ids, attention_mask, past_length)
         if return_loss is None:
             return_loss = labels is not None
         if return_loss and use_cache:
@@ -483,7 +498,8 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         eos = self.generation_config.eos_token_id
         eos = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
         pad = self.config.text_config.pad_token_id or 0
-        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        real = self._padding_mask(input_ids, attention_mask)
+        real = torch.ones_like(input_ids, dtype=torch.bool) if real is None else real.bool()
         ids, mask = torch.full_like(input_ids, pad), torch.zeros_like(input_ids)
         for row in range(input_ids.shape[0]):
             tokens = input_ids[row][real[row]]

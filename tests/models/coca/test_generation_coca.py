@@ -197,3 +197,38 @@ def test_prompts_become_caption_prefixes_eos_dropped_and_left_padded():
     assert ids_.tolist() == [[pad, bos, 5, 6], [pad, pad, pad, bos]] and mask_.tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]
     plain = torch.tensor([[bos, 5]])
     assert model.caption_prompt(plain)[0] is plain and model.caption_prompt(plain)[1] is None  # nothing to change
+
+
+def test_without_attention_mask_padding_is_the_pad_token_id(tiny):
+    """Like both references and transformers' generate(), a missing `attention_mask` means
+    `input_ids != pad_token_id`: every entry point gives what the explicit mask gives, and unpadded text is
+    unchanged."""
+    px, pad = _images(2, seed=3), tiny.config.text_config.pad_token_id
+    ids = torch.tensor([[1, 5, 6, 7, 8], [1, 9, 4, pad, pad]])
+    mask = (ids != pad).long()
+    with torch.no_grad():
+        derived, given = tiny(input_ids=ids, pixel_values=px), tiny(input_ids=ids, pixel_values=px, attention_mask=mask)
+        for name in ("logits", "text_embeds", "logits_per_image"):
+            assert torch.equal(getattr(derived, name), getattr(given, name)), name
+        assert torch.equal(tiny(input_ids=ids, pixel_values=px, labels=ids).loss,
+                           tiny(input_ids=ids, pixel_values=px, attention_mask=mask, labels=ids).loss)
+        assert torch.equal(tiny.get_text_features(ids), tiny.get_text_features(ids, attention_mask=mask))
+        assert torch.equal(tiny(input_ids=ids[:1], pixel_values=px[:1]).logits,
+                           tiny(input_ids=ids[:1], pixel_values=px[:1], attention_mask=mask[:1]).logits)
+        cached = tiny(input_ids=ids, pixel_values=px, use_cache=True).logits
+        assert torch.equal(cached, tiny(input_ids=ids, pixel_values=px, attention_mask=mask, use_cache=True).logits)
+    kw = dict(pixel_values=px, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    out = tiny.generate(input_ids=ids, **kw)
+    assert torch.equal(out, tiny.generate(input_ids=ids, attention_mask=mask, **kw))
+    assert torch.equal(out, tiny.generate(input_ids=ids, use_cache=False, **kw))
+
+
+def test_no_padding_is_derived_when_the_pad_id_is_also_eos():
+    """pad == EOS (as GPT-style vocabularies set it): a text ending with EOS is real text, as in generate()."""
+    torch.manual_seed(0)
+    config = tiny_coca_config()
+    config.text_config.pad_token_id = config.text_config.eos_token_id
+    model = CocaModel(config).eval()
+    ids = torch.tensor([[1, 5, 6, config.text_config.eos_token_id]])
+    with torch.no_grad():
+        assert torch.equal(model.get_text_features(ids), model.get_text_features(ids, attention_mask=torch.ones_like(ids)))

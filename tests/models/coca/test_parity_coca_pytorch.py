@@ -23,13 +23,16 @@ def _inputs(ref, vit_kwargs, model, seed=3):
     return text, dict(images=images), dict(pixel_values=images)
 
 
+@pytest.mark.parametrize("masked", [True, False], ids=["mask", "no_mask"])
 @pytest.mark.parametrize("name", sorted(COCA_PYTORCH_CONFIGS))
-def test_logits_embeddings_and_loss_match(name):
+def test_logits_embeddings_and_loss_match(name, masked):
+    """Right-padded text, with `attention_mask` or without one (padding is then `input_ids != pad_token_id`, as
+    coca-pytorch derives it)."""
     ref, vit_kwargs = coca_pytorch_reference(name)
     model = convert(ref)
     text, ref_images, our_images = _inputs(ref, vit_kwargs, model)
     pad = model.config.text_config.pad_token_id
-    mask = (text != pad).long()
+    mask = (text != pad).long() if masked else None
     with torch.no_grad():
         ref_logits = ref(text.clone(), **ref_images)
         ref_text, ref_image = ref(text.clone(), **ref_images, return_embeddings=True)

@@ -20,12 +20,15 @@ def _inputs(image_size, vocab, ctx, seed=1):
     return images, text
 
 
+@pytest.mark.parametrize("masked", [True, False], ids=["mask", "no_mask"])
 @pytest.mark.parametrize("name", sorted(OPEN_CLIP_CONFIGS))
-def test_outputs_match_open_clip(name):
+def test_outputs_match_open_clip(name, masked):
+    """Right-padded text, with `attention_mask` or without one (padding is then `input_ids != pad_token_id`, as
+    open_clip derives it)."""
     ref, image_size, vocab, ctx = open_clip_reference(name)
     model = convert(ref, bos_token_id=1, eos_token_id=2)
     images, text = _inputs(image_size, vocab, ctx)
-    mask = (text != 0).long()
+    mask = (text != 0).long() if masked else None
     with torch.no_grad():
         ref_out = ref(images, text, output_labels=False)
         ours = model(input_ids=text, pixel_values=images, attention_mask=mask)
@@ -38,8 +41,9 @@ def test_outputs_match_open_clip(name):
     assert (ref_out["logits"] - ours.logits).abs().max() <= TOL
 
 
+@pytest.mark.parametrize("masked", [True, False], ids=["mask", "no_mask"])
 @pytest.mark.parametrize("name", ["attn_pool", "no_pooler_coca_base"])
-def test_loss_matches_open_clip_coca_loss(name):
+def test_loss_matches_open_clip_coca_loss(name, masked):
     loss_mod = require_reference("open_clip.loss")
     ref, image_size, vocab, ctx = open_clip_reference(name)
     model = convert(ref, bos_token_id=1, eos_token_id=2, caption_loss_weight=2.0, contrastive_loss_weight=1.0)
@@ -48,7 +52,8 @@ def test_loss_matches_open_clip_coca_loss(name):
         out = ref(images, text)  # output_labels=True: logits over text[:, :-1], labels text[:, 1:]
         clip_loss, caption_loss = loss_mod.CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0, pad_id=0)(
             out["image_features"], out["text_features"], out["logits"], out["labels"], out["logit_scale"])
-        ours = model(input_ids=text, pixel_values=images, attention_mask=(text != 0).long(), return_loss=True)
+        mask = (text != 0).long() if masked else None
+        ours = model(input_ids=text, pixel_values=images, attention_mask=mask, return_loss=True)
     assert abs(ours.caption_loss * 2.0 - caption_loss) <= TOL
     assert abs(ours.contrastive_loss - clip_loss) <= TOL
     assert abs(ours.loss - (clip_loss + caption_loss)) <= TOL
@@ -78,10 +83,16 @@ UNSUPPORTED = {  # open_clip options hf_mm does not reproduce: refused, never co
     "vision final_ln_after_pool": (dict(vision_cfg=dict(final_ln_after_pool=True, attentional_pool=False)),
                                    "final_ln_after_pool"),
     "text proj_bias": (dict(text_cfg=dict(proj_bias=True)), "proj_bias"),
+    "text proj_type none": (dict(text_cfg=dict(proj_type="none")), "proj_type='none'"),
     # open_clip's decoder ignores multimodal norm/act kwargs: a text tower with other ones differs from it
     "text norm eps": (dict(text_cfg=dict(norm_kwargs=dict(eps=1e-3))), "several eps"),
     "text gelu tanh": (dict(text_cfg=dict(act_kwargs=dict(approximate="tanh"))), "decoder's MLP activation"),
     "vision eps with a pooler": (dict(vision_cfg=dict(norm_kwargs=dict(eps=1e-3))), "several eps"),
+    "text no_causal_mask": (dict(text_cfg=dict(no_causal_mask=True)), "no_causal_mask"),
+    # open_clip's decoder always has mlp_ratio 4; hf_mm's shares the text tower's feed-forward width
+    "text mlp_ratio": (dict(text_cfg=dict(mlp_ratio=2.0)), "text mlp_ratio"),
+    "decoder layer scale only": (dict(multimodal_cfg=dict(ls_init_value=0.3)), "ls_init_value"),
+    "text layer scale only": (dict(text_cfg=dict(ls_init_value=0.3)), "ls_init_value"),
 }
 
 
@@ -113,5 +124,6 @@ def test_text_embedding_does_not_depend_on_how_far_the_batch_is_padded(name):
         expected = ref.encode_text(text)
         for width in (ctx - 2, ctx - 1, ctx):  # padded to the longest text (no pad in row 0), one more, the context
             ids = text[:, :width]
-            ours = model.get_text_features(input_ids=ids, attention_mask=(ids != 0).long())
-            assert (ours - expected).abs().max() <= TOL, width
+            for mask in ((ids != 0).long(), None):  # without a mask, padding is `input_ids != pad_token_id`
+                ours = model.get_text_features(input_ids=ids, attention_mask=mask)
+                assert (ours - expected).abs().max() <= TOL, (width, mask)
