@@ -75,7 +75,6 @@ class ImageCaptionCollator:
         texts = [self.text_template.format(row[self.text_column]) for row in rows]
         batch = dict(self.processor(images=[[i] for i in images] if self.images_per_text else images, text=texts,
                                     return_tensors="pt"))
-        batch.pop("token_type_ids", None)
         if self.labels:
             labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
             for token_id in self.ignore_token_ids:

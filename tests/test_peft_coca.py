@@ -33,7 +33,6 @@ def test_lora_on_decoder_trains_only_adapters_and_round_trips(tmp_path):
         torch.testing.assert_close(merged_keys[name], value)
 
     inputs = processor(images=data[0]["image"], text="", return_tensors="pt")
-    inputs.pop("token_type_ids", None)
     peft_model.eval()
     ids = peft_model.generate(**inputs, max_new_tokens=4, do_sample=False)
     peft_model.save_pretrained(tmp_path / "adapter")

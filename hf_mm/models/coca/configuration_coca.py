@@ -94,7 +94,8 @@ class CocaConfig(PreTrainedConfig):
 
     Args:
         text_config / multimodal_config / vision_config: sub-configs (dicts or instances). `vision_config=None`
-            builds no image tower: the model then takes precomputed `image_embeds (b, m, image_embed_dim)`.
+            with an `image_embed_dim` builds no image tower: the model then takes precomputed
+            `image_embeds (b, m, image_embed_dim)`; without either, the default tower (ViT-B/32) is built.
         image_embed_dim: width of the image tokens entering the pooler (defaults to the vision tower's width).
         attn_pooler_queries: learned queries of the attentional pooler; query 0 gives the contrastive image
             embedding, the others are the decoder's image tokens. 0 disables the pooler (open_clip `coca_base`):
@@ -151,7 +152,9 @@ class CocaConfig(PreTrainedConfig):
             self.multimodal_config = CocaMultimodalConfig()
         elif isinstance(self.multimodal_config, dict):
             self.multimodal_config = CocaMultimodalConfig(**self.multimodal_config)
-        if isinstance(self.vision_config, dict):
+        if self.vision_config is None and self.image_embed_dim is None:  # neither a tower nor embeds: the default
+            self.vision_config = VisionTowerConfig()
+        elif isinstance(self.vision_config, dict):
             self.vision_config = VisionTowerConfig(**self.vision_config)
         if self.image_embed_dim is None:
             self.image_embed_dim = self.vision_config.hidden_size if self.vision_config is not None else None
@@ -223,8 +226,6 @@ class CocaConfig(PreTrainedConfig):
                 "attn_pooler_queries must be 0 (no pooler) or >= 2 (one contrastive query plus decoder queries), "
                 f"got {self.attn_pooler_queries}"
             )
-        if self.vision_config is None and self.image_embed_dim is None:
-            raise ValueError("image_embed_dim is required when vision_config is None (the model takes image_embeds)")
         if not self.attn_pooler_queries and self.image_embed_dim != t.hidden_size:
             raise ValueError(
                 f"without a pooler (attn_pooler_queries=0) the image tokens feed the decoder directly: image_embed_dim "

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import GenerationMixin
 from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from ...layers.contrastive import at_least_fp32
 from ...layers import (
@@ -358,6 +359,7 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
         n = input_ids.shape[1]
         return torch.arange(past_length, past_length + n, device=input_ids.device).expand(input_ids.shape[0], n)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -444,7 +446,7 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
             out.contrastive_loss = contrastive_loss(out.image_embeds, out.text_embeds, self.logit_scale())
             out.loss = (self.config.caption_loss_weight * out.caption_loss
                         + self.config.contrastive_loss_weight * out.contrastive_loss)
-        return out if kwargs.get("return_dict", True) is not False else out.to_tuple()
+        return out
 
     @staticmethod
     def _decoder_mask(attention_mask, n: int):

@@ -51,7 +51,8 @@ class CocaImageProcessor(CLIPImageProcessorPil):
 
 
 class CocaProcessor(ProcessorMixin):
-    """`processor(images=..., text=...)` -> `pixel_values`, `input_ids`, `attention_mask`.
+    """`processor(images=..., text=...)` -> `pixel_values`, `input_ids`, `attention_mask` (a tokenizer's
+    `token_type_ids` are dropped).
 
     Text is padded to the longest sequence (open_clip pads to the context length: pass
     `padding="max_length"` for identical ids); captions decode with `batch_decode(..., skip_special_tokens=True)`.
@@ -66,6 +67,7 @@ class CocaProcessor(ProcessorMixin):
             kwargs.setdefault("padding", True)
             kwargs.setdefault("truncation", True)
         out = super().__call__(images=images, text=text, **kwargs)
+        out.pop("token_type_ids", None)  # BERT-style tokenizers add them; CoCa (and its generate()) takes none
         if self.text_pad_id is not None and "attention_mask" in out:
             fill_padding(out, self.text_pad_id)
         return out

@@ -307,3 +307,47 @@ def test_return_dict_false_gives_the_output_tuple():
         out, tup = model(**batch), model(**batch, return_dict=False)
     assert isinstance(tup, tuple) and len(tup) == len(out.to_tuple())
     assert all(torch.equal(a, b) for a, b in zip(out.to_tuple(), tup) if isinstance(a, torch.Tensor))
+
+
+def test_config_return_dict_false_gives_the_output_tuple():
+    torch.manual_seed(0)
+    model = CocaModel(tiny_coca_config()).eval()
+    batch = _batch(cfg=model.config)
+    with torch.no_grad():
+        out = model(**batch)
+        model.config.return_dict = False
+        tup = model(**batch)
+        assert isinstance(model(**batch, return_dict=True), type(out))  # the keyword wins, as generate() passes it
+    assert isinstance(tup, tuple) and torch.equal(tup[0], out.to_tuple()[0])
+
+
+def test_the_default_config_builds_the_vit_b_32_model_and_embeds_only_configs_stay_embeds_only(tmp_path):
+    """transformers convention: `CocaConfig()` is a buildable default (AutoModel.from_config(AutoConfig.for_model))."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.for_model("hf_mm_coca")
+    assert config.vision_config.hidden_size == 768 and config.image_embed_dim == 768
+    with torch.device("meta"):
+        assert AutoModel.from_config(config).vision_model is not None
+    embeds_only = CocaConfig(**LUCIDRAINS_STYLE)
+    embeds_only.save_pretrained(tmp_path)
+    reloaded = CocaConfig.from_pretrained(tmp_path)
+    assert embeds_only.vision_config is None and reloaded.vision_config is None and reloaded.image_embed_dim == 24
+
+
+def test_processor_drops_token_type_ids_of_bert_style_tokenizers(tmp_path):
+    """generate(**processor(...)) would refuse them as unused model kwargs."""
+    from transformers import BertTokenizerFast
+
+    import tiny_models as tm
+    from hf_mm.models.coca import CocaProcessor
+
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[CLS]", "[SEP]", "a", "red", "circle", "[UNK]", "[MASK]"]))
+    tokenizer = BertTokenizerFast(str(tmp_path / "vocab.txt"))
+    assert "token_type_ids" in tokenizer("a red circle")
+    processor = CocaProcessor(tm.processor("coca").image_processor, tokenizer)
+    inputs = processor(images=tm.pil_image(20, 24), text="a red circle", return_tensors="pt")
+    assert set(inputs) == {"pixel_values", "input_ids", "attention_mask"}
+    torch.manual_seed(0)
+    model = CocaModel(tiny_coca_config()).eval()
+    assert model.generate(**inputs, max_new_tokens=2).shape == (1, inputs["input_ids"].shape[1] + 2)
