@@ -91,6 +91,13 @@ def _is_builtin_text_config(text_config) -> bool:
     return text_config is None or text_config.get("model_type", FlamingoTextConfig.model_type) == FlamingoTextConfig.model_type
 
 
+def _vision_width(vision_config) -> int:
+    """`hidden_size` of a vision config, dict or None (`VisionTowerConfig`'s default when unset)."""
+    if isinstance(vision_config, PreTrainedConfig):
+        return vision_config.hidden_size
+    return (vision_config or {}).get("hidden_size", VisionTowerConfig.hidden_size)
+
+
 class FlamingoConfig(PreTrainedConfig):
     r"""Flamingo (Alayrac et al. 2022): vision tower -> perceiver resampler (latents per medium) -> tanh-gated
     cross-attention blocks interleaved with the decoder layers of a language model.
@@ -98,8 +105,8 @@ class FlamingoConfig(PreTrainedConfig):
     The language model is either the built-in PaLM decoder (`text_config` a `FlamingoTextConfig` or a dict
     without `model_type`: lucidrains' `FlamingoPaLM`) or **any transformers causal LM** (`text_config` of its own
     `model_type`, e.g. a `LlamaConfig`; built with the Auto classes, its code is not copied: OpenFlamingo).
-    Unset fields (also keys missing from a `perceiver_config` / `vision_config` dict) default to lucidrains'
-    choices for the built-in decoder and to OpenFlamingo's otherwise:
+    Unset fields (also keys missing from a sub-config dict) default to lucidrains' choices for the built-in decoder
+    and to OpenFlamingo's otherwise:
 
     | field | built-in PaLM (lucidrains) | any other LM (OpenFlamingo) |
     |---|---|---|
@@ -107,6 +114,7 @@ class FlamingoConfig(PreTrainedConfig):
     | `cross_attn_num_heads` / `_head_dim` / `_layer_norm_eps` | the text config's | 8 / 64 / 1e-5 |
     | `perceiver_config` | `FlamingoPerceiverConfig()` | 64 latents, 6 layers, 8 x 64 heads, no media embedding |
     | `vision_config` | `VisionTowerConfig()` | open_clip ViT-L/14 (QuickGELU, patch tokens not layer-normed) |
+    | `text_config.hidden_size` | `vision_config.hidden_size` (they must be equal) | the LM config's own |
     | `vision_feature_select_strategy` | `"full"` (class token kept) | `"default"` (patch tokens only) |
 
     `k = cross_attn_every` (alias `cross_attn_every_n_layers`). Text at a position attends to the latents of the
@@ -116,7 +124,7 @@ class FlamingoConfig(PreTrainedConfig):
     Example:
     ```python
     >>> config = FlamingoConfig(  # built-in PaLM decoder
-    ...     vision_config=dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=1),
+    ...     vision_config=dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=1, num_attention_heads=4),
     ...     perceiver_config=dict(num_latents=8, num_hidden_layers=1, num_attention_heads=4, head_dim=16),
     ...     text_config=dict(vocab_size=100, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, head_dim=16),
     ...     cross_attn_every=2,
@@ -160,6 +168,11 @@ class FlamingoConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         builtin = _is_builtin_text_config(self.text_config)
+        text = self.text_config
+        if builtin and not isinstance(text, PreTrainedConfig) and "hidden_size" not in (text or {}):
+            # the built-in decoder runs at the vision width: an unset text width takes it (FlamingoTextConfig's own
+            # 512 cannot be built with the default 768-wide VisionTowerConfig)
+            self.text_config = {**(text or {}), "hidden_size": _vision_width(self.vision_config)}
         if not builtin:  # unset perceiver / vision fields (None, or missing from a dict) take OpenFlamingo's values
             if self.perceiver_config is None or isinstance(self.perceiver_config, dict):
                 self.perceiver_config = {**OPEN_FLAMINGO_PERCEIVER, **(self.perceiver_config or {})}

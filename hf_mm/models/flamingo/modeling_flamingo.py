@@ -19,6 +19,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_outputs import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from hf_mm.layers import (
     CrossAttentionCacheMixin, LayerNorm, Linear, RotaryEmbedding, TransformerBlock, VisionTransformer, on_rows,
@@ -206,6 +207,7 @@ class FlamingoModel(FlamingoPreTrainedModel):
                 f"{num_media} media given per sample, media tokens per row {counts.tolist()}{missing}"
             )
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -232,6 +234,7 @@ class FlamingoModel(FlamingoPreTrainedModel):
             of `g` consecutive rows per sample of media, i.e. `input_ids (b * g, n)` with media of batch `b`.
         needed_positions (b, n) bool: the outputs used (a loss's targets); the built-in decoder's per-token layers
             skip positions none of them reads, whose hidden states are then not meaningful.
+        return_dict=False (or `config.return_dict=False`): the output's non-None fields as a tuple.
         """
         check_output_options(type(self).__name__, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
@@ -422,6 +425,7 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
             self.get_input_embeddings().requires_grad_(True)
         return self
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -458,7 +462,7 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
             input_ids=input_ids, pixel_values=pixel_values, image_embeds=image_embeds, media_latents=media_latents,
             media_time=media_time, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-            sequences_per_image=sequences_per_image, needed_positions=targets,
+            sequences_per_image=sequences_per_image, needed_positions=targets, return_dict=True,
         )
         hidden = out.last_hidden_state
         if targets is not None:

@@ -27,7 +27,8 @@ class FlamingoProcessor(ProcessorMixin):
         text: a prompt or a list of prompts, `media_token` marking where each image goes.
         images: one image, a list of images (one prompt), one image per prompt, or a list of lists (one list per
             prompt).
-        Returns `input_ids (b, n)`, `attention_mask (b, n)` and, with images, `pixel_values (b, t, C, H, W)`.
+        Returns `input_ids (b, n)`, `attention_mask (b, n)` and, with images, `pixel_values (b, t, C, H, W)`;
+        a tokenizer's `token_type_ids` are dropped.
         """
         if text is None:
             raise ValueError("text is required (use '' for an image-only prompt)")
@@ -39,6 +40,7 @@ class FlamingoProcessor(ProcessorMixin):
         kwargs.setdefault("padding", True)
         encoding = self.tokenizer(texts, return_tensors=return_tensors, **kwargs)
         data = dict(encoding)
+        data.pop("token_type_ids", None)  # BERT-style tokenizers add them; Flamingo (and its generate()) takes none
         if per_prompt is not None:
             counts = {len(imgs) for imgs in per_prompt}
             if len(counts) > 1:

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import AutoModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from hf_mm.layers import LayerNorm, LogitScale, RotaryEmbedding, TransformerBlock, self_attention_mask
 from hf_mm.layers.validation import check_attention_mask, check_pixel_values, check_token_ids
@@ -94,7 +95,7 @@ class XClipTextTransformer(nn.Module):
         b, n = input_ids.shape
         x = self.embed_tokens(input_ids)
         if self.position_embedding is not None:
-            x = x + self.position_embedding.weight[:n]
+            x = x + self.position_embedding(torch.arange(n, device=x.device))  # called: offload hooks run on calls
         if self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(b, 1, -1).to(x.dtype), x), dim=1)
             if attention_mask is not None:
@@ -121,7 +122,8 @@ class XClipVisionTransformer(nn.Module):
         b, c, h, w = pixel_values.shape
         patches = pixel_values.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)  # b gh gw p1 p2 c
         x = self.patch_embedding(patches.reshape(b, (h // p) * (w // p), p * p * c).to(self.patch_embedding.weight.dtype))
-        x = self.patch_dropout(x + self.position_embedding.weight)
+        positions = torch.arange(self.position_embedding.num_embeddings, device=x.device)
+        x = self.patch_dropout(x + self.position_embedding(positions))
         x = self.encoder(x)
         return torch.cat((self.cls_projection(x.mean(dim=1, keepdim=True)), x), dim=1)
 
@@ -271,14 +273,14 @@ class XClipModel(XClipPreTrainedModel):
             if self.builtin_text:
                 states = self.text_model(input_ids, mask)
             else:
-                states = self.text_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                states = self.text_model(input_ids=input_ids, attention_mask=mask, return_dict=True).last_hidden_state
         return states.detach() if freeze else states
 
     def encode_image(self, pixel_values, freeze: bool = False) -> torch.Tensor:
         """`(b, c, H, W)` -> token states `(b, 1 + p, d)`."""
         with torch.no_grad() if freeze else nullcontext():
             states = self.vision_model(pixel_values) if self.builtin_vision else self.vision_model(
-                pixel_values=pixel_values).last_hidden_state
+                pixel_values=pixel_values, return_dict=True).last_hidden_state
         return states.detach() if freeze else states
 
     def _text_embeds(self, states, input_ids, text_mask):
@@ -322,6 +324,7 @@ class XClipModel(XClipPreTrainedModel):
         return self._latents(None, self._image_embeds(self.encode_image(pixel_values)), extra_projection)[1]
 
     # -------------------------------------------------------------------------------------------- forward
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -337,7 +340,8 @@ class XClipModel(XClipPreTrainedModel):
         """Similarities of every text with every image, and with `return_loss` x-clip's total loss.
 
         `aug_input_ids` / `aug_pixel_values`: extra views `(b, n)` / `(b, c, H, W)` (or tuples of them) for
-        the multiview loss. `freeze_*_encoder` runs that tower without gradients (LiT).
+        the multiview loss. `freeze_*_encoder` runs that tower without gradients (LiT). `return_dict=False` (or
+        `config.return_dict=False`) returns `XClipOutput.to_tuple()`: its non-None fields, `loss` first.
         """
         if input_ids is None or pixel_values is None:
             raise ValueError("XClipModel.forward needs both input_ids (batch, seq_len) and pixel_values "
@@ -404,14 +408,14 @@ class XClipModel(XClipPreTrainedModel):
             text_extra[:b] if text_extra is not None else None, image_extra[:b_img] if image_extra is not None else None,
             token_mask[:b] if token_mask is not None else None, scale,
         )
-        output = XClipOutput(
+        outputs = dict(
             logits_per_image=logits_per_image, logits_per_text=logits_per_text,
             text_embeds=text_latents[:b], image_embeds=image_latents[:b_img],
             text_model_output=text_states[:b], vision_model_output=image_states[:b_img],
             mlm_loss=mlm_loss, visual_ssl_loss=visual_ssl_loss,
         )
         if not return_loss:
-            return output
+            return XClipOutput(**outputs)
 
         def split(t, views):  # ((views b), ...) -> (views, b, ...)
             return t.reshape(views, -1, *t.shape[1:]) if t is not None else None
@@ -421,7 +425,6 @@ class XClipModel(XClipPreTrainedModel):
             split(text_extra, text_views), split(image_extra, image_views),
             split(token_mask, text_views), scale, cfg.decoupled_contrastive_learning, cfg.use_all_token_embeds,
         )
-        output.contrastive_loss = losses[0]
         multiview = losses.shape[0] > 1
         weights = {
             "mlm": cfg.text_ssl_loss_weight if mlm_loss is not None else 0.0,
@@ -433,17 +436,19 @@ class XClipModel(XClipPreTrainedModel):
             loss = loss + mlm_loss * weights["mlm"]
         if visual_ssl_loss is not None:
             loss = loss + visual_ssl_loss * weights["ssl"]
+        multiview_loss = sim_reg_loss = None
         if multiview:
-            output.multiview_loss = losses[1:].mean()
-            loss = loss + output.multiview_loss * weights["multiview"]
+            multiview_loss = losses[1:].mean()
+            loss = loss + multiview_loss * weights["multiview"]
         if cfg.sim_reg_loss_weight > 0:
-            output.sim_reg_loss = similarity_regularization(
+            sim_reg_loss = similarity_regularization(
                 split(text_latents, text_views), split(image_latents, image_views),
                 split(text_extra, text_views), split(image_extra, image_views),
             )
-            loss = loss + output.sim_reg_loss * cfg.sim_reg_loss_weight
-        output.loss = loss
-        return output
+            loss = loss + sim_reg_loss * cfg.sim_reg_loss_weight
+        # built once, in field order, so that `to_tuple()` (return_dict=False) starts with the loss
+        return XClipOutput(loss=loss, contrastive_loss=losses[0], multiview_loss=multiview_loss,
+                           sim_reg_loss=sim_reg_loss, **outputs)
 
 
 __all__ = ["XClipModel", "XClipOutput", "XClipPreTrainedModel"]

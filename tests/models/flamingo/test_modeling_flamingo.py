@@ -216,3 +216,45 @@ def test_freeze_pretrained_config_flag():
     expected = sum(p.numel() for p in model.model.perceiver.parameters()) + sum(
         p.numel() for p in model.model.cross_attn_layers.parameters())
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
+
+
+@pytest.mark.parametrize("family", ["flamingo", "open_flamingo"])
+def test_return_dict_false_returns_a_tuple_and_generate_still_works(family):
+    """`return_dict=False` (keyword or config) gives the output's `to_tuple()`; it was ignored (a ModelOutput, whose
+    unpacking gave the field names). generate() asks for a ModelOutput itself, so it is unaffected."""
+    import tiny_models
+
+    model = tiny_models.build(family)
+    batch = tiny_models.inputs(family, model)
+    prompt = tiny_models.generate_inputs(family, model)
+    with torch.no_grad():
+        expected = model(**batch, labels=batch["input_ids"])
+        loss, logits, *_ = model(**batch, labels=batch["input_ids"], return_dict=False)
+        assert torch.equal(loss, expected.loss) and torch.equal(logits, expected.logits)
+        hidden = model.model(**batch, return_dict=False)[0]
+        assert torch.equal(hidden, model.model(**batch).last_hidden_state)
+        generated = model.generate(**prompt, max_new_tokens=3, do_sample=False)
+        model.config.return_dict = False
+        assert isinstance(model.model(**batch), tuple)
+        assert torch.equal(model(**batch)[0], expected.logits)
+        assert torch.equal(model.generate(**prompt, max_new_tokens=3, do_sample=False), generated)
+
+
+def test_default_config_builds_a_model():
+    """`FlamingoConfig()` (what `AutoConfig.for_model` gives) is a valid model: the built-in decoder's unset width
+    takes the vision width (PaLM's own default of 512 met the 768-wide default vision tower)."""
+    from transformers import AutoConfig
+
+    from hf_mm.models.flamingo import FlamingoConfig
+
+    config = AutoConfig.for_model("hf_mm_flamingo")
+    assert config.text_config.hidden_size == config.vision_config.hidden_size == 768
+    with torch.device("meta"):
+        assert type(AutoModel.from_config(config)) is FlamingoModel
+    # only an unset text width follows the vision width; given ones keep their meaning
+    assert FlamingoConfig(vision_config=dict(hidden_size=64, num_attention_heads=4)).text_config.hidden_size == 64
+    assert FlamingoConfig(text_config=dict(hidden_size=512)).text_config.hidden_size == 512
+    with pytest.raises(ValueError, match=r"vision_config.hidden_size \(768\) must equal text_config.hidden_size"):
+        FlamingoModel(FlamingoConfig(text_config=dict(hidden_size=512, num_hidden_layers=3)))
+    saved = tiny_config().to_dict()
+    assert FlamingoConfig.from_dict(saved).to_dict() == saved

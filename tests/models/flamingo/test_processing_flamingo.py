@@ -91,3 +91,18 @@ def test_media_tokens_without_media_are_refused():
     with pytest.raises(ValueError, match="0 media given per sample"):
         model.generate(input_ids=ids, max_new_tokens=2)
     assert model(input_ids=ids[:, 1:]).logits.shape[:2] == (1, 2)  # text only, no media token: fine
+
+
+def test_token_type_ids_of_bert_style_tokenizers_are_dropped(tmp_path):
+    """A tokenizer returning `token_type_ids` made `model.generate(**processor(...))` fail ("model_kwargs are not
+    used by the model"); the processor returns only what Flamingo takes."""
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[CLS]", "[SEP]", "<image>", "a", "cat", "[UNK]", "[MASK]"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
+    tokenizer = BertTokenizerFast(str(tmp_path / "vocab.txt"), additional_special_tokens=["<image>"])
+    assert "token_type_ids" in tokenizer("a cat")
+    proc = FlamingoProcessor(image_processor=_processor().image_processor, tokenizer=tokenizer)
+    inputs = proc(text=["<image> a cat", "<image> a"], images=[_image(0), _image(1)])
+    assert set(inputs) == {"input_ids", "attention_mask", "pixel_values"}
+    assert tiny_model().generate(**inputs, max_new_tokens=2, do_sample=False).shape == (2, 7)

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModel, AutoModelForZeroShotImageClassification, CLIPTextConfig, CLIPVisionConfig, ViTConfig
 
 import hf_mm  # noqa: F401  (registers the Auto classes)
-from hf_mm.models.x_clip import XClipConfig, XClipModel
+from hf_mm.models.x_clip import XClipConfig, XClipModel, XClipOutput
 from hf_mm.models.x_clip.image_augmentation_x_clip import default_ssl_augmentation
 
 TEXT = dict(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, head_dim=16, max_position_embeddings=8)
@@ -198,3 +198,32 @@ def test_mlm_pad_token_id_survives_save_and_load_and_defaults_to_the_text_pad_id
         XClipConfig(text_config=TEXT, use_mlm=True, mlm_pad_token_id=50)
     with pytest.raises(ValueError, match="use_mlm=True needs mlm_pad_token_id or text_config.pad_token_id"):
         XClipConfig(text_config={**TEXT, "pad_token_id": None}, use_mlm=True)
+
+
+def test_return_dict_false_returns_a_tuple_loss_first():
+    """`return_dict=False` (keyword or config) gives `XClipOutput.to_tuple()`; it was ignored (a ModelOutput,
+    whose unpacking gave the field names)."""
+    model = make(sim_reg_loss_weight=0.5).eval()
+    ids, pixels = batch()
+    with torch.no_grad():
+        expected = model(ids, pixels, return_loss=True)
+        out = model(ids, pixels, return_loss=True, return_dict=False)
+        assert isinstance(out, tuple) and len(out) == len(expected.to_tuple())
+        loss, logits_per_image, *_ = out
+        assert torch.equal(loss, expected.loss) and torch.equal(logits_per_image, expected.logits_per_image)
+        model.config.return_dict = False
+        assert torch.equal(model(ids, pixels)[0], expected.logits_per_image)
+        assert isinstance(model(ids, pixels, return_dict=True), XClipOutput)
+
+
+def test_runs_with_weights_offloaded_to_disk(tmp_path):
+    """accelerate offloading: weights live on the meta device until a module is called (a direct `.weight` read of
+    the position embeddings failed with "Tensor on device meta")."""
+    model = make().eval()
+    ids, pixels = batch()
+    model.save_pretrained(tmp_path / "model")
+    offloaded = XClipModel.from_pretrained(tmp_path / "model", device_map="auto", max_memory={"cpu": "30KB"},
+                                           offload_folder=tmp_path / "offload").eval()
+    assert set(offloaded.hf_device_map.values()) == {"disk"}
+    with torch.no_grad():
+        assert torch.equal(offloaded(ids, pixels).logits_per_image, model(ids, pixels).logits_per_image)
