@@ -1,18 +1,23 @@
 """Image-token sampling for DALL-E with transformers' `generate()`.
 
 - `ImageVocabularyLogitsProcessor` restricts sampling to the image codes of the unified vocabulary;
-- `filter_thres` keeps the top `max(int((1 - filter_thres) * V), 1)` logits (dalle-pytorch's `top_k`);
+- dalle-pytorch's sampling defaults live in `model.generation_config` (`do_sample=True`, `top_k` of
+  `filter_thres=0.5`), so transformers' precedence holds: kwargs > `generation_config=` > `model.generation_config`;
+- `filter_thres` keeps the top `max(int((1 - filter_thres) * V), 1)` logits (an explicit `top_k`);
+- outputs index the codebook: `sequences`, `scores` / `logits` (image-code columns only) and what a `streamer` gets;
 - `cond_scale` runs the null-text branch in the same batched, cached forward (see `DalleForImageGeneration`);
 - priming: the first `num_init_img_tokens` codes of `init_image` are appended to the prompt;
 - `generate_images` decodes with the dVAE, optionally reranks with a contrastive model, and returns PIL images.
 """
 
+import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import DynamicCache
+from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import ModelOutput
 
 from hf_mm.layers.validation import check_same_batch
@@ -30,13 +35,34 @@ class ImageVocabularyLogitsProcessor(LogitsProcessor):
         return scores.masked_fill(~keep, float("-inf"))
 
 
+class ImageCodeStreamer(BaseStreamer):
+    """Hands `streamer` the codebook indices `generate()` returns: of the prompt `(b, n)` only the primed image
+    codes are kept, and they and each new token `(b,)` are shifted from unified ids by `-text_vocab_size`."""
+
+    def __init__(self, streamer, text_seq_len: int, text_vocab_size: int):
+        self.streamer, self.text_seq_len, self.text_vocab_size = streamer, text_seq_len, text_vocab_size
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate() puts the prompt first: keep only its primed image codes
+            self.prompt_seen = True
+            value = value[..., self.text_seq_len :]
+            if not value.numel():
+                return
+        self.streamer.put(value - self.text_vocab_size)
+
+    def end(self) -> None:
+        self.streamer.end()
+
+
 @dataclass
 class DalleImageGenerationOutput(ModelOutput):
     """
-    image_ids: `(b, fmap**2)` sampled codebook indices.
-    pixel_values: `(b, c, H, W)` dVAE decodings (normalised image space).
+    image_ids: `(b * k, fmap**2)` sampled codebook indices (`k = num_return_sequences`, a prompt's images adjacent).
+    pixel_values: `(b * k, c, H, W)` dVAE decodings (normalised image space).
     images: the decodings as PIL images.
-    scores: `(b,)` reranker similarity (batch sorted best first) when a reranker was given.
+    scores: `(b * k,)` reranker similarity of each image with its own prompt, when a reranker was given; the
+        prompts keep their order and each prompt's `k` images are sorted best first.
     """
 
     image_ids: torch.LongTensor | None = None
@@ -47,6 +73,31 @@ class DalleImageGenerationOutput(ModelOutput):
 
 class DalleGenerationMixin:
     """generate() / generate_images() / decode_image_tokens() of `DalleForImageGeneration`."""
+
+    default_filter_thres = 0.5  # dalle-pytorch's generate_images default
+
+    def filter_thres_top_k(self, filter_thres: float) -> int:
+        """dalle-pytorch's `top_k(logits, thres)`: keep `max(int((1 - filter_thres) * V), 1)` of the V logits."""
+        if isinstance(filter_thres, bool) or not isinstance(filter_thres, (int, float)) or not 0 <= filter_thres < 1:
+            raise ValueError(f"filter_thres must be in [0, 1), got {filter_thres!r}")
+        return max(int((1 - filter_thres) * self.config.vocab_size), 1)
+
+    def _set_generation_defaults(self) -> None:
+        """dalle-pytorch samples: `generation_config.do_sample` defaults to True and, when sampling, `top_k` to
+        `filter_thres_top_k(0.5)`. Values already set (a saved generation_config.json) are kept."""
+        generation_config = self.generation_config
+        before = hash(generation_config)
+        if generation_config.do_sample is None:
+            generation_config.do_sample = True
+        if generation_config.do_sample and generation_config.top_k is None:
+            generation_config.top_k = self.filter_thres_top_k(self.default_filter_thres)
+        if hash(generation_config) != before:
+            generation_config._original_object_hash = hash(generation_config)  # the model's default, not an edit
+
+    def adjust_generation_fn(self, *args, **kwargs):
+        """`from_pretrained` reads generation_config.json here; unset sampling fields get DALL-E's defaults."""
+        super().adjust_generation_fn(*args, **kwargs)
+        self._set_generation_defaults()
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         # token-shift history needs slots beyond num_hidden_layers: a lazily grown cache
@@ -71,22 +122,26 @@ class DalleGenerationMixin:
         self.vae.check_pixel_values(init_image, "init_image")
         return self.vae.get_codebook_indices(init_image)[:, :k] + self.config.text_vocab_size
 
-    def generate(self, input_ids=None, generation_mode: str = "image", filter_thres: float | None = 0.5,
+    def generate(self, input_ids=None, generation_mode: str = "image", filter_thres: float | None = None,
                  cond_scale: float = 1.0, init_image=None, num_init_img_tokens=None, logits_processor=None,
-                 **kwargs):
+                 streamer=None, **kwargs):
         """Sample image codes for `input_ids (b, text_seq_len)` text ids (0 = padding).
 
-        Returns `(b, fmap**2)` codebook indices (the `sequences` field when `return_dict_in_generate`).
-        `filter_thres` in [0, 1) sets `top_k`; sampling is on by default (pass `do_sample=False` for greedy).
+        Returns `(b, fmap**2)` codebook indices. With `return_dict_in_generate`, `sequences` are those indices and
+        each `scores[i]` / `logits[i]` is `(b, num_image_tokens)` over the same codebook (the image-code columns of
+        the unified vocabulary; the others are masked), so `compute_transition_scores` works; a `streamer` gets the
+        codes too. Sampling follows `model.generation_config` (`do_sample=True`, dalle-pytorch's `top_k`; make greedy
+        the saved default with `generation_config.update(do_sample=False, top_k=None)`); an explicit `filter_thres`
+        in [0, 1) sets `top_k = max(int((1 - filter_thres) * V), 1)`.
         """
         if generation_mode != "image":
             raise ValueError(f"generation_mode must be 'image' (DALL-E only outputs images), got {generation_mode!r}")
         config = self.config
-        if filter_thres is not None and not 0 <= filter_thres < 1:
-            raise ValueError(f"filter_thres must be in [0, 1), got {filter_thres}")
-        kwargs.setdefault("do_sample", True)
-        if filter_thres is not None and kwargs["do_sample"]:
-            kwargs.setdefault("top_k", max(int((1 - filter_thres) * config.vocab_size), 1))
+        forced = {}  # DALL-E's own generation settings, applied like the caller's kwargs
+        if filter_thres is not None:
+            if kwargs.get("top_k") is not None:
+                raise ValueError("pass either filter_thres or top_k, not both (filter_thres sets top_k)")
+            forced["top_k"] = self.filter_thres_top_k(filter_thres)
         if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] != config.text_seq_len:
             raise ValueError(f"input_ids must have shape (batch, text_seq_len={config.text_seq_len}), got "
                              f"{None if input_ids is None else tuple(input_ids.shape)}")
@@ -99,25 +154,43 @@ class DalleGenerationMixin:
                              "init_image too, or leave num_init_img_tokens None")
         new_tokens = config.text_seq_len + config.image_seq_len - input_ids.shape[1]
         total = input_ids.shape[1] + new_tokens
-        for name, value, fits in (("max_new_tokens", kwargs.get("max_new_tokens"), lambda v: v >= new_tokens),
-                                  ("min_new_tokens", kwargs.get("min_new_tokens"), lambda v: v <= new_tokens),
-                                  ("max_length", kwargs.get("max_length"), lambda v: v >= total),
-                                  ("min_length", kwargs.get("min_length"), lambda v: v <= total)):
+        generation_config = kwargs.get("generation_config")
+        for name, fits in (("max_new_tokens", lambda v: v >= new_tokens), ("min_new_tokens", lambda v: v <= new_tokens),
+                           ("max_length", lambda v: v >= total), ("min_length", lambda v: v <= total)):
+            value = kwargs.get(name, getattr(generation_config, name, None))
             if value is not None and not fits(value):  # e.g. the pipelines' default max_new_tokens=256 fits
                 raise ValueError(f"{name}={value}: DALL-E always generates the image's remaining {new_tokens} codes "
                                  f"(image_seq_len={config.image_seq_len}, {total} tokens with the prompt)")
-        kwargs["max_new_tokens"] = kwargs["min_new_tokens"] = new_tokens
+            kwargs.pop(name, None)
+        forced["max_new_tokens"] = forced["min_new_tokens"] = new_tokens
+        if generation_config is not None:  # transformers wants a generation_config or generation kwargs, not both
+            kwargs["generation_config"] = copy.deepcopy(generation_config)
+            kwargs["generation_config"].update(**forced)
+        else:
+            kwargs.update(forced)
         processors = LogitsProcessorList(logits_processor or [])
         processors.append(ImageVocabularyLogitsProcessor(config.text_vocab_size, config.vocab_size))
         if cond_scale != 1:
             kwargs["cond_scale"] = cond_scale
-        out = super().generate(input_ids=input_ids, logits_processor=processors, **kwargs)
+        if streamer is not None:
+            streamer = ImageCodeStreamer(streamer, config.text_seq_len, config.text_vocab_size)
+        out = super().generate(input_ids=input_ids, logits_processor=processors, streamer=streamer, **kwargs)
         sequences = out if isinstance(out, torch.Tensor) else out.sequences
         codes = sequences[:, -config.image_seq_len :] - config.text_vocab_size
         if isinstance(out, torch.Tensor):
             return codes
         out.sequences = codes
+        for name in ("scores", "logits"):
+            if getattr(out, name, None) is not None:
+                setattr(out, name, tuple(step[:, config.text_vocab_size : config.vocab_size] for step in out[name]))
         return out
+
+    def compute_transition_scores(self, sequences, scores, beam_indices=None, normalize_logits: bool = False):
+        """transformers' helper on `generate()`'s outputs, whose `sequences (b, n)` and
+        `scores[i] (b, num_image_tokens)` index the codebook: both go back to the unified vocabulary for it."""
+        offset = self.config.text_vocab_size
+        unified = tuple(F.pad(step, (offset, 0), value=float("-inf")) for step in scores)
+        return super().compute_transition_scores(sequences + offset, unified, beam_indices, normalize_logits)
 
     def decode_image_tokens(self, image_ids: torch.LongTensor) -> torch.FloatTensor:
         """`(b, fmap**2)` codebook indices -> `(b, c, H, W)` displayable images in [0, 1] (dVAE decoding with its
@@ -126,21 +199,25 @@ class DalleGenerationMixin:
 
     @torch.no_grad()
     def generate_images(self, input_ids, reranker=None, reranker_input_ids=None, **generate_kwargs):
-        """`generate()` + dVAE decoding + PIL conversion; `reranker` is any model with `get_text_features`
-        and `get_image_features` (x-clip CLIP, transformers CLIP): the batch is sorted by cosine similarity of
-        each image with its text (`reranker_input_ids`, default `input_ids`)."""
+        """`generate()` + dVAE decoding + PIL conversion. `reranker` is any model with `get_text_features` and
+        `get_image_features` (x-clip CLIP, transformers CLIP): each image is scored by cosine similarity with its
+        own prompt (`reranker_input_ids (b, n)`, default `input_ids`), and each prompt's `num_return_sequences`
+        images are sorted best first (the prompts keep their order)."""
         from .processing_dalle import to_pil_images
 
         image_ids = self.generate(input_ids, **generate_kwargs)
         pixel_values = self.vae.decode(image_ids)
         scores = None
         if reranker is not None:
-            images01 = self.vae_to_unit_range(pixel_values)
             text = reranker_input_ids if reranker_input_ids is not None else input_ids
-            text_features = F.normalize(_features(reranker.get_text_features(input_ids=text)), dim=-1)
-            image_features = F.normalize(_features(reranker.get_image_features(pixel_values=images01)), dim=-1)
-            scores = (text_features * image_features).sum(-1)
-            order = scores.argsort(descending=True)
+            check_same_batch(("input_ids", input_ids), ("reranker_input_ids", text))
+            per_prompt = image_ids.shape[0] // text.shape[0]
+            images01 = self.vae_to_unit_range(pixel_values)
+            text_features = _features(reranker.get_text_features(input_ids=text.repeat_interleave(per_prompt, 0)))
+            image_features = _features(reranker.get_image_features(pixel_values=images01))
+            scores = (F.normalize(text_features, dim=-1) * F.normalize(image_features, dim=-1)).sum(-1)
+            order = scores.view(-1, per_prompt).argsort(dim=-1, descending=True)
+            order = (order + torch.arange(0, scores.shape[0], per_prompt, device=order.device)[:, None]).flatten()
             image_ids, pixel_values, scores = image_ids[order], pixel_values[order], scores[order]
         images = to_pil_images(self.vae_to_unit_range(pixel_values))
         return DalleImageGenerationOutput(image_ids=image_ids, pixel_values=pixel_values, images=images, scores=scores)

@@ -19,6 +19,7 @@ from transformers import GenerationMixin
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from hf_mm.layers import LayerNorm, Linear, TransformerBlock, init_shared_layer
 from hf_mm.layers.validation import check_output_options, check_same_batch, check_token_ids
@@ -164,7 +165,9 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
         self.vae = DiscreteVAEModel(config.vae_config)
         self.vae.requires_grad_(False)  # frozen, as in dalle-pytorch
         self.lm_head = Linear(dim, config.vocab_size)
-        if not config.share_input_output_emb:
+        if config.share_input_output_emb:  # one table over the unified vocabulary, tied to lm_head.weight
+            self.embed_tokens = nn.Embedding(config.vocab_size, dim)
+        else:
             self.embed_text = nn.Embedding(config.text_vocab_size, dim)
             self.embed_image = nn.Embedding(config.vae_config.num_tokens, dim)
         if config.rotary_emb:
@@ -174,9 +177,10 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
             self.image_pos_emb = AxialPositionalEmbedding(dim, config.image_fmap_size)
         self.layers = nn.ModuleList(DalleBlock(config, i) for i in range(config.num_hidden_layers))
         self._share_layers()
-        self._tied_weights_keys = self.shared_layer_weights()  # read by save_pretrained to drop the aliases
+        self._tied_weights_keys = self.aliased_weights()  # read by save_pretrained to drop the aliases
         self.norm = LayerNorm(dim, eps=config.layer_norm_eps)
         self.post_init()
+        self._set_generation_defaults()
 
     def _share_layers(self):
         """`shared_attn_ids` / `shared_ff_ids`: later layers reuse the first owner's projections / MLP.
@@ -205,18 +209,48 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
                         shared[f"layers.{j}.mlp.{param}"] = f"layers.{i}.mlp.{param}"
         return shared
 
+    def aliased_weights(self) -> dict[str, str]:
+        """`{alias: owner}`: the shared layers' weights and, with `share_input_output_emb`, the input embedding
+        table (`embed_tokens.weight` is `lm_head.weight`)."""
+        aliases = self.shared_layer_weights()
+        if self.config.share_input_output_emb:
+            aliases["embed_tokens.weight"] = "lm_head.weight"
+        return aliases
+
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
-        """Layer sharing is declared as weight tying, so safetensors saving and loading handle the aliases
-        (independently of `tie_word_embeddings`, which DALL-E does not use)."""
+        """Layer and embedding sharing are declared as weight tying, so safetensors saving and loading handle the
+        aliases (independently of `tie_word_embeddings`, which DALL-E does not use)."""
         tied = super().get_expanded_tied_weights_keys(all_submodels=all_submodels)
-        tied.update(self.shared_layer_weights())
+        tied.update(self.aliased_weights())
         return tied
 
-    def get_input_embeddings(self):
-        return None if self.config.share_input_output_emb else self.embed_text
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The module that embeds the text: `embed_text` (text and pad ids), or with `share_input_output_emb` the
+        unified table `embed_tokens` (tied to `lm_head.weight`)."""
+        return self.embed_tokens if self.config.share_input_output_emb else self.embed_text
+
+    def set_input_embeddings(self, value: nn.Module):
+        if self.config.share_input_output_emb:
+            self.embed_tokens = value
+        else:
+            self.embed_text = value
 
     def get_output_embeddings(self):
         return self.lm_head
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Module:
+        """Unsupported: DALL-E's vocabulary is `[text | per-position pads | image codes]`, so new text tokens would
+        shift the pad and image ids (and the `lm_head` rows) behind them. With no size, returns the input
+        embeddings (as transformers does)."""
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return self.get_input_embeddings()
+        raise ValueError(
+            f"resize_token_embeddings is not supported by {type(self).__name__}: its unified vocabulary "
+            "[text | per-position pads | image codes] puts the text_seq_len pad ids and the image codes after the "
+            f"num_text_tokens={self.config.num_text_tokens} text ids, so adding text tokens shifts every id behind "
+            "them; build a DalleConfig with a larger num_text_tokens and copy the weights over instead"
+        )
 
     # -- inputs -------------------------------------------------------------------------------------------
 
@@ -224,14 +258,12 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
         """Unified ids `tokens (b, n)` at `positions (n,)` (text ids already mapped to pads) -> `(b, n, d)`."""
         config = self.config
         is_image = positions >= config.text_len
-        text_ids = torch.where(is_image, 0, tokens)
-        image_ids = torch.where(is_image, tokens - config.text_vocab_size, 0)
-        if config.share_input_output_emb:
-            text_table = self.lm_head.weight[: config.text_vocab_size]
-            image_table = self.lm_head.weight[config.text_vocab_size :]
+        if config.share_input_output_emb:  # the unified table: text and image ids alike
+            embeds = self.embed_tokens(tokens)
         else:
-            text_table, image_table = self.embed_text.weight, self.embed_image.weight
-        embeds = torch.where(is_image[:, None], F.embedding(image_ids, image_table), F.embedding(text_ids, text_table))
+            text_ids = torch.where(is_image, 0, tokens)
+            image_ids = torch.where(is_image, tokens - config.text_vocab_size, 0)
+            embeds = torch.where(is_image[:, None], self.embed_image(image_ids), self.embed_text(text_ids))
         if not config.rotary_emb:
             text_pos = self.text_pos_emb(positions.clamp(max=config.text_len - 1))
             image_pos = self.image_pos_emb((positions - config.text_len).clamp(min=0))
@@ -287,6 +319,7 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
 
     # -- forward ------------------------------------------------------------------------------------------
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

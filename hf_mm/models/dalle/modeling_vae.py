@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from hf_mm.layers.validation import check_pixel_values, check_token_ids, describe
 from hf_mm.modeling_utils import HfMmPreTrainedModel
@@ -113,6 +114,7 @@ class DiscreteVAEModel(DiscreteVAEPreTrainedModel):
         embeds = embeds.transpose(1, 2).reshape(embeds.shape[0], -1, side, side)  # b d h w
         return self.decoder(embeds)
 
+    @can_return_tuple
     def forward(self, pixel_values: torch.Tensor, return_loss: bool = False, temperature: float | None = None,
                 **kwargs) -> DiscreteVAEOutput:
         """`pixel_values (b, c, H, W)` -> reconstructions `(b, c, H, W)`, logits `(b, t, h, w)`, optional loss."""

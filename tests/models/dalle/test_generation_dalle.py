@@ -115,8 +115,7 @@ def test_generate_images_decodes_and_reranks():
     size = model.config.vae_config.image_size
     assert len(plain.images) == 3 and plain.images[0].size == (size, size)
     assert plain.pixel_values.shape == (3, 3, size, size)
-    assert torch.all(ranked.scores[:-1] >= ranked.scores[1:])
-    assert sorted(plain.image_ids.tolist()) == sorted(ranked.image_ids.tolist())
+    assert torch.equal(ranked.image_ids, plain.image_ids)  # one image per prompt: the prompts keep their order
     reranker = StandInReranker()
     text_features = torch.nn.functional.normalize(reranker.get_text_features(text), dim=-1)
     image_features = torch.nn.functional.normalize(
@@ -168,12 +167,134 @@ def test_reranking_with_hf_mm_x_clip():
     )).eval()
     text = text_ids(model.config, batch=3)
     torch.manual_seed(0)
-    plain = model.generate_images(text, filter_thres=0.0)
+    plain = model.generate_images(text, filter_thres=0.0, num_return_sequences=2)
     torch.manual_seed(0)
-    ranked = model.generate_images(text, filter_thres=0.0, reranker=clip)
+    ranked = model.generate_images(text, filter_thres=0.0, num_return_sequences=2, reranker=clip)
     with torch.no_grad():
         images = model.vae_to_unit_range(plain.pixel_values)
-        expected = (clip.get_text_features(text) * clip.get_image_features(images)).sum(-1)  # normalised latents
-    order = expected.argsort(descending=True)
+        expected = (clip.get_text_features(text.repeat_interleave(2, 0)) * clip.get_image_features(images)).sum(-1)
+    order = _per_prompt_order(expected, 2)  # x-clip's features are normalised latents
     assert max_abs_diff(ranked.scores, expected[order]) <= 1e-5
     assert torch.equal(ranked.image_ids, plain.image_ids[order])
+
+
+def _greedy(model, text):
+    return model.generate(text, do_sample=False)
+
+
+def test_generation_config_holds_the_sampling_defaults_and_is_honoured(tmp_path):
+    """transformers' precedence: kwargs > `generation_config=` argument > `model.generation_config`."""
+    from transformers import GenerationConfig
+
+    model = tiny_model()
+    text = text_ids(model.config)
+    greedy = _greedy(model, text)
+    assert model.generation_config.do_sample is True
+    assert model.generation_config.top_k == int(0.5 * model.config.vocab_size)  # dalle-pytorch's filter_thres=0.5
+    for seed in (0, 1):  # a passed greedy config wins over the model's sampling default
+        torch.manual_seed(seed)
+        assert torch.equal(model.generate(text, generation_config=GenerationConfig(do_sample=False)), greedy)
+    torch.manual_seed(0)  # ... and a kwarg wins over the passed config (filter_thres=0 -> top_k = V: sampling)
+    sampled = model.generate(text, generation_config=GenerationConfig(do_sample=False), do_sample=True,
+                             filter_thres=0.0)
+    assert not torch.equal(sampled, greedy)
+    model.generation_config.top_k = 1  # the model's own config is read, not replaced
+    torch.manual_seed(0)
+    assert torch.equal(model.generate(text), greedy)
+    model.generation_config.update(do_sample=False, top_k=None)
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    assert loaded.generation_config.do_sample is False and loaded.generation_config.top_k is None
+    torch.manual_seed(0)
+    assert torch.equal(loaded.generate(text), greedy)
+
+
+def test_filter_thres_is_an_explicit_top_k():
+    model = tiny_model()
+    text = text_ids(model.config)
+    model.generation_config.top_k = 1  # filter_thres overrides it only when given
+    torch.manual_seed(0)
+    assert not torch.equal(model.generate(text, filter_thres=0.0), _greedy(model, text))
+    with pytest.raises(ValueError, match="filter_thres or top_k"):
+        model.generate(text, filter_thres=0.5, top_k=3)
+
+
+def test_scores_and_logits_index_the_returned_codes():
+    """`sequences`, `scores` and `logits` all index the codebook, so transformers' helpers work on them."""
+    model = tiny_model()
+    config = model.config
+    text = text_ids(config)
+    out = model.generate(text, do_sample=False, output_scores=True, output_logits=True, return_dict_in_generate=True)
+    assert len(out.scores) == len(out.logits) == config.image_seq_len
+    assert out.scores[0].shape == out.logits[0].shape == (2, config.vae_config.num_tokens)
+    assert torch.equal(torch.stack(out.scores, 1).argmax(-1), out.sequences)
+    transition = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+    expected = torch.stack(out.logits, 1).log_softmax(-1).gather(-1, out.sequences[..., None])[..., 0]
+    assert torch.isfinite(transition).all() and max_abs_diff(transition, expected) <= 1e-5
+    primed = model.generate(text, init_image=pixels(config.vae_config), num_init_img_tokens=10, do_sample=False,
+                            output_scores=True, return_dict_in_generate=True)
+    assert primed.sequences.shape == (2, config.image_seq_len) and len(primed.scores) == config.image_seq_len - 10
+    assert torch.isfinite(model.compute_transition_scores(primed.sequences, primed.scores)).all()
+    beams = model.generate(text, do_sample=False, num_beams=2, output_scores=True, return_dict_in_generate=True)
+    transition = model.compute_transition_scores(beams.sequences, beams.scores, beams.beam_indices)
+    assert max_abs_diff(transition.sum(-1) / config.image_seq_len, beams.sequences_scores) <= 1e-5
+
+
+class CollectingStreamer:
+    def __init__(self):
+        self.ids, self.ended = [], False
+
+    def put(self, value):
+        self.ids += value.reshape(-1).tolist()
+
+    def end(self):
+        self.ended = True
+
+
+@pytest.mark.parametrize("primed", [False, True], ids=["text-prompt", "primed"])
+def test_streamer_receives_the_returned_codes(primed):
+    model = tiny_model()
+    text = text_ids(model.config, batch=1)
+    kwargs = dict(init_image=pixels(model.config.vae_config, batch=1), num_init_img_tokens=10) if primed else {}
+    streamer = CollectingStreamer()
+    codes = model.generate(text, do_sample=False, streamer=streamer, **kwargs)
+    assert streamer.ids == codes[0].tolist() and streamer.ended
+
+
+class PromptAwareReranker(torch.nn.Module):
+    """Features that depend on the prompt (first token parity) and on the image brightness."""
+
+    def get_text_features(self, input_ids):
+        return torch.nn.functional.one_hot(input_ids[:, 0] % 2, 2).float() + 0.1
+
+    def get_image_features(self, pixel_values):
+        brightness = pixel_values.mean(dim=(1, 2, 3))
+        return torch.stack((brightness, 1 - brightness), dim=-1)
+
+
+def test_rerank_scores_each_image_against_its_prompt_and_sorts_per_prompt():
+    model = tiny_model()
+    with torch.no_grad():  # images of visibly different brightness (the random tiny dVAE decodes to ~0.5 grey)
+        for param in model.vae.decoder.parameters():
+            param.mul_(10)
+    text = text_ids(model.config, batch=2)
+    text[:, 0] = torch.tensor([3, 2])  # the second prompt scores higher: a global sort would put it first
+    reranker = PromptAwareReranker()
+    torch.manual_seed(0)
+    plain = model.generate_images(text, num_return_sequences=3, filter_thres=0.0)
+    torch.manual_seed(0)
+    ranked = model.generate_images(text, num_return_sequences=3, filter_thres=0.0, reranker=reranker)
+    assert len(ranked.images) == 6 and ranked.scores.shape == (6,)
+    text_features = torch.nn.functional.normalize(reranker.get_text_features(text.repeat_interleave(3, 0)), dim=-1)
+    image_features = torch.nn.functional.normalize(
+        reranker.get_image_features(model.vae_to_unit_range(plain.pixel_values)), dim=-1)
+    expected = (text_features * image_features).sum(-1)
+    order = _per_prompt_order(expected, 3)
+    assert not torch.equal(order, expected.argsort(descending=True))  # a global sort would mix the prompts
+    assert max_abs_diff(ranked.scores, expected[order]) <= 1e-6
+    assert torch.equal(ranked.image_ids, plain.image_ids[order])
+
+
+def _per_prompt_order(scores, k):
+    """Indices sorting each consecutive group of `k` scores best first, groups kept in place."""
+    return torch.cat([group.argsort(descending=True) + i * k for i, group in enumerate(scores.split(k))])

@@ -170,3 +170,75 @@ def test_layer_scale_init_depends_on_the_layer_index():
     values = [layer.ls1.gamma[0].item() for layer in model.layers]
     assert values == pytest.approx([0.1] * 18 + [1e-5] * 6 + [1e-6] * 2)
     assert all(torch.equal(layer.ls1.gamma, layer.ls2.gamma) for layer in model.layers)
+
+
+SHARED = dict(share_input_output_emb=True)
+
+
+@pytest.mark.parametrize("overrides", [{}, SHARED], ids=["own-tables", "shared-with-lm-head"])
+def test_input_embedding_module_embeds_the_tokens(overrides):
+    """Hooks on `get_input_embeddings()` (enable_input_require_grads, NEFTune) see the token embeddings."""
+    model = tiny_model(**overrides)
+    text, codes = text_ids(model.config), image_codes(model.config)
+    embeddings = model.get_input_embeddings()
+    assert isinstance(embeddings, torch.nn.Embedding)
+    if overrides:
+        assert embeddings.weight is model.lm_head.weight
+    seen = []
+    handle = embeddings.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    with torch.no_grad():
+        model(text, image_ids=codes, use_cache=False)
+    handle.remove()
+    assert seen
+    model.requires_grad_(False)
+    model.enable_input_require_grads()
+    assert model(text, image_ids=codes, use_cache=False, return_loss=True).loss.requires_grad
+
+
+def test_set_input_embeddings_replaces_the_text_embedding():
+    model = tiny_model()
+    text, codes = text_ids(model.config), image_codes(model.config)
+    replacement = torch.nn.Embedding(model.config.text_vocab_size, model.config.hidden_size)
+    model.set_input_embeddings(replacement)
+    assert model.get_input_embeddings() is replacement and model.embed_text is replacement
+    with torch.no_grad():
+        before = model(text, image_ids=codes, use_cache=False).logits
+        replacement.weight.normal_()
+        assert max_abs_diff(model(text, image_ids=codes, use_cache=False).logits, before) > 1e-3
+
+
+def test_shared_embedding_checkpoint_stores_the_table_once(tmp_path):
+    from safetensors import safe_open
+
+    model = tiny_model(**SHARED)
+    model.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert "lm_head.weight" in keys and not any(k.startswith("embed") for k in keys)
+    loaded = DalleForImageGeneration.from_pretrained(tmp_path)
+    assert loaded.get_input_embeddings().weight is loaded.lm_head.weight
+
+
+@pytest.mark.parametrize("overrides", [{}, SHARED], ids=["own-tables", "shared-with-lm-head"])
+def test_resize_token_embeddings_explains_why_it_is_unsupported(overrides):
+    model = tiny_model(**overrides)
+    with pytest.raises(ValueError, match=r"resize_token_embeddings.*\[text \| per-position pads \| image codes\]"):
+        model.resize_token_embeddings(model.config.num_text_tokens + 4)
+    assert model.resize_token_embeddings() is model.get_input_embeddings()  # transformers: no size -> the module
+
+
+def test_return_dict_false_returns_tuples():
+    model = tiny_model()
+    text, codes = text_ids(model.config), image_codes(model.config)
+    with torch.no_grad():
+        expected = model(text, image_ids=codes, use_cache=False, return_loss=True)
+        loss, logits = model(text, image_ids=codes, use_cache=False, return_loss=True, return_dict=False)
+        assert torch.equal(loss, expected.loss) and torch.equal(logits, expected.logits)
+        model.config.return_dict = False
+        assert isinstance(model(text, image_ids=codes, use_cache=False), tuple)
+        assert model.generate(text, do_sample=False).shape == (2, model.config.image_seq_len)
+        vae = model.vae
+        images = pixels(vae.config)
+        assert isinstance(vae(images, return_dict=False), tuple)
+        vae.config.return_dict = False
+        assert isinstance(vae(images), tuple)
