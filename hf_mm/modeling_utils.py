@@ -96,6 +96,26 @@ class HfMmPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         reset_non_persistent_buffers(module)
 
+    def generation_defaults(self, generation_config) -> dict:
+        """The family's `generation_config` defaults (field -> value), applied where a field is unset (None)."""
+        return {}
+
+    def apply_generation_defaults(self) -> None:
+        """Fill the unset fields of `self.generation_config` with `generation_defaults()`; values already set (a
+        saved generation_config.json, the user's) are kept. Called by the families' `__init__` and after loading."""
+        generation_config = self.generation_config
+        unset = {k: v for k, v in self.generation_defaults(generation_config).items()
+                 if getattr(generation_config, k, None) is None}
+        if unset:
+            generation_config.update(**unset)
+            generation_config._original_object_hash = hash(generation_config)  # the model's default, not an edit
+
+    def adjust_generation_fn(self, *args, **kwargs):
+        """`from_pretrained` reads generation_config.json here (or builds one from config.json); fields it leaves
+        unset get the family's defaults."""
+        super().adjust_generation_fn(*args, **kwargs)
+        self.apply_generation_defaults()
+
     def enable_input_require_grads(self):
         """transformers' hooks on the token embeddings of every PreTrainedModel inside, plus the patch embedding of
         every vision tower (plain modules here, which transformers does not see): with reentrant activation

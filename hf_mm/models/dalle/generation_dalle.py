@@ -82,22 +82,13 @@ class DalleGenerationMixin:
             raise ValueError(f"filter_thres must be in [0, 1), got {filter_thres!r}")
         return max(int((1 - filter_thres) * self.config.vocab_size), 1)
 
-    def _set_generation_defaults(self) -> None:
-        """dalle-pytorch samples: `generation_config.do_sample` defaults to True and, when sampling, `top_k` to
-        `filter_thres_top_k(0.5)`. Values already set (a saved generation_config.json) are kept."""
-        generation_config = self.generation_config
-        before = hash(generation_config)
-        if generation_config.do_sample is None:
-            generation_config.do_sample = True
-        if generation_config.do_sample and generation_config.top_k is None:
-            generation_config.top_k = self.filter_thres_top_k(self.default_filter_thres)
-        if hash(generation_config) != before:
-            generation_config._original_object_hash = hash(generation_config)  # the model's default, not an edit
-
-    def adjust_generation_fn(self, *args, **kwargs):
-        """`from_pretrained` reads generation_config.json here; unset sampling fields get DALL-E's defaults."""
-        super().adjust_generation_fn(*args, **kwargs)
-        self._set_generation_defaults()
+    def generation_defaults(self, generation_config) -> dict:
+        """dalle-pytorch samples: `do_sample` defaults to True and, when sampling, `top_k` to
+        `filter_thres_top_k(0.5)`."""
+        defaults = {"do_sample": True}
+        if generation_config.do_sample is not False:
+            defaults["top_k"] = self.filter_thres_top_k(self.default_filter_thres)
+        return defaults
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         # token-shift history needs slots beyond num_hidden_layers: a lazily grown cache

@@ -180,7 +180,7 @@ class DalleForImageGeneration(DalleGenerationMixin, DallePreTrainedModel, Genera
         self._tied_weights_keys = self.aliased_weights()  # read by save_pretrained to drop the aliases
         self.norm = LayerNorm(dim, eps=config.layer_norm_eps)
         self.post_init()
-        self._set_generation_defaults()
+        self.apply_generation_defaults()
 
     def _share_layers(self):
         """`shared_attn_ids` / `shared_ff_ids`: later layers reuse the first owner's projections / MLP.

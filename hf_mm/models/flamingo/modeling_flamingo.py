@@ -380,23 +380,14 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
         self.post_init()
         # post_init gathered the base model's pattern; this model has the head, so an unexpected lm_head.* is an error
         self._keys_to_ignore_on_load_unexpected -= set(FlamingoModel._keys_to_ignore_on_load_unexpected)
-        self._set_generation_defaults()
+        self.apply_generation_defaults()
         if config.freeze_pretrained:
             self.freeze_pretrained()
 
-    def _set_generation_defaults(self) -> None:
-        """`generation_config.suppress_tokens` defaults to the media and pad tokens
-        (`config.generation_suppressed_token_ids()`); a value already set is kept (`[]`: suppress nothing)."""
-        generation_config = self.generation_config
-        if generation_config.suppress_tokens is None:
-            generation_config.suppress_tokens = self.config.generation_suppressed_token_ids()
-            generation_config._original_object_hash = hash(generation_config)  # the model's default, not an edit
-
-    def adjust_generation_fn(self, *args, **kwargs):
-        """`from_pretrained` reads generation_config.json here (or builds one from config.json); folders saved
-        without the suppressed tokens get the default as well."""
-        super().adjust_generation_fn(*args, **kwargs)
-        self._set_generation_defaults()
+    def generation_defaults(self, generation_config) -> dict:
+        """`suppress_tokens`: the media and pad tokens (`config.generation_suppressed_token_ids()`); a value already
+        set is kept (`[]`: suppress nothing)."""
+        return {"suppress_tokens": self.config.generation_suppressed_token_ids()}
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
