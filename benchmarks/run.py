@@ -28,13 +28,24 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per side")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
     parser.add_argument("--no-memory", action="store_true", help="skip the training peak-memory subprocesses")
-    parser.add_argument("--output-dir", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--output-dir", default=None,
+                        help="default: benchmarks/results (the committed table) for a full run of every benchmark; "
+                             "outputs/benchmarks-tiny for --tiny and outputs/benchmarks-partial for an --only subset, "
+                             "so smoke and partial runs never overwrite it (merge partial runs with benchmarks.report)")
     args = parser.parse_args(argv)
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(only) - set(BENCHMARKS))
     if unknown:
         parser.error(f"--only: unknown benchmark(s) {unknown}; expected a subset of {list(BENCHMARKS)}")
     args.only = only
+    if args.output_dir is None:
+        root = Path(__file__).resolve().parent
+        if args.tiny:
+            args.output_dir = str(root.parent / "outputs" / "benchmarks-tiny")
+        elif set(only) != set(BENCHMARKS):
+            args.output_dir = str(root.parent / "outputs" / "benchmarks-partial")
+        else:
+            args.output_dir = str(root / "results")
     if args.repeats is None:
         args.repeats = 2 if args.tiny else 5
     if args.repeats < 1 or args.warmup < 0:

@@ -87,3 +87,15 @@ def test_peak_memory_child_process_reports_rss():
     assert report["peak_rss_mib"] >= report["rss_before_steps_mib"] > 50
     assert report["loss"] > 0
 
+
+
+@pytest.mark.parametrize("argv, folder", [
+    ([], "benchmarks/results"),
+    (["--tiny"], "outputs/benchmarks-tiny"),
+    (["--only", "dalle"], "outputs/benchmarks-partial"),
+    (["--tiny", "--output-dir", "elsewhere"], "elsewhere"),
+])
+def test_only_a_full_run_writes_the_committed_results_by_default(argv, folder):
+    """Smoke and partial runs must not overwrite benchmarks/results, which the README's tables quote."""
+    out = bench_run.parse_args(argv).output_dir
+    assert out == folder or out.endswith("/" + folder)
