@@ -7,7 +7,10 @@ Paper recipe:    ... --model DIR --freeze-pretrained   (train only the perceiver
 OpenFlamingo's:  ... --model DIR --freeze-pretrained --train-input-embeddings   (+ the LM's input embeddings)
 
 Each example is `[BOS] <image> caption [EOS]`; the loss is next-token cross-entropy over the caption and `[EOS]`
-(`labels` are -100 at padding, BOS and the media token). `FlamingoForConditionalGeneration` takes Trainer's
+(`labels` are -100 at padding, BOS and the media token). A caption ends with the token the model's `generate()`
+stops at: for a `--model` with an end-of-chunk token that generation stops at (`config.eoc_token_id` in
+`generation_config.eos_token_id`, as OpenFlamingo conversions save them) that is `<|endofchunk|>`, in OpenFlamingo's
+own format `<image>caption<|endofchunk|>`; otherwise the tokenizer's `[EOS]`. `FlamingoForConditionalGeneration` takes Trainer's
 `num_items_in_batch`, so the loss is the sum over the caption tokens of all micro-batches (and, under DDP, of
 all processes) divided by their count: gradient accumulation and 2 processes give the loss of one big batch,
 also when captions differ in length. The saved model generates captions prompt-free: `text=""` encodes to
@@ -95,20 +98,50 @@ def load_model_and_processor(args):
     return model, processor
 
 
-def caption_collator(processor: FlamingoProcessor, image_column: str = "image",
-                     text_column: str = "caption") -> ImageCaptionCollator:
+def caption_end_token(model) -> str | None:
+    """The end-of-chunk token to end captions with, or None for the tokenizer's EOS.
+
+    OpenFlamingo conversions set `config.eoc_token_id` (`<|endofchunk|>`) and stop `generate()` there
+    (`generation_config.eos_token_id`): captions must end with it, or the fine-tuned model learns a terminator
+    generation does not stop at. Models without one (the tiny from-scratch Flamingo) end captions with EOS."""
+    eoc = getattr(model.config, "eoc_token_id", None)
+    stops = model.generation_config.eos_token_id
+    stops = stops if isinstance(stops, (list, tuple)) else [stops]
+    return eoc if eoc is not None and eoc in stops else None
+
+
+def caption_collator(processor: FlamingoProcessor, image_column: str = "image", text_column: str = "caption",
+                     end_token_id: int | None = None) -> ImageCaptionCollator:
     """Rows -> `[BOS] <image> caption [EOS]` ids (left padded), `pixel_values (b, 1, C, H, W)`, `labels`.
 
+    `end_token_id` (e.g. `<|endofchunk|>`'s, from `caption_end_token(model)`): end each caption with that token
+    instead, in OpenFlamingo's format `<image>caption<|endofchunk|>`.
     `labels` are -100 at BOS too: after left padding BOS is not at position 0, and the shifted loss would
     otherwise ask the model to predict it from a pad position (and count it in `num_items_in_batch`)."""
-    return ImageCaptionCollator(processor, image_column, text_column,
-                                text_template="{} " + processor.tokenizer.eos_token, labels=True,
-                                ignore_token_ids=(processor.tokenizer.bos_token_id, processor.media_token_id),
-                                images_per_text=True)
+    tok = processor.tokenizer
+    if end_token_id is None:
+        template = "{} " + tok.eos_token
+    else:
+        end = tok.convert_ids_to_tokens(end_token_id)
+        if end is None or tok(end, add_special_tokens=False)["input_ids"] != [end_token_id]:
+            raise ValueError(f"end_token_id {end_token_id} ({end!r}) is not a single token of the processor's "
+                             "tokenizer: the model and the tokenizer do not match")
+        template = "{}" + end
+    return ImageCaptionCollator(processor, image_column, text_column, text_template=template, labels=True,
+                                ignore_token_ids=(tok.bos_token_id, processor.media_token_id), images_per_text=True)
 
 
 def build_trainer(args) -> Trainer:
-    return build_common_trainer(args, load_model_and_processor, caption_collator)
+    loaded = {}
+
+    def load(args):
+        loaded["model"], processor = load_model_and_processor(args)
+        return loaded["model"], processor
+
+    def collator(processor, image_column, text_column):  # called after load(): the end token is the model's
+        return caption_collator(processor, image_column, text_column, caption_end_token(loaded["model"]))
+
+    return build_common_trainer(args, load, collator)
 
 
 def main(argv=None) -> dict:

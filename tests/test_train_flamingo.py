@@ -1,7 +1,13 @@
 """examples/train_flamingo.py: Trainer steps, evaluation, resume, token-exact loss under gradient accumulation
-and across 2 torchrun (gloo) processes with captions of different lengths, the paper's freezing recipe."""
+and across 2 torchrun (gloo) processes with captions of different lengths, the paper's freezing recipe, and
+captions that end with the token generate() stops at (`<|endofchunk|>` for OpenFlamingo conversions)."""
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 from datasets import DatasetDict
 
 import hf_mm  # noqa: F401
@@ -41,6 +47,75 @@ def test_collator_labels_only_the_caption(tmp_path):
         assert ids[-len(expected):] == expected and expected[:2] == [tok.bos_token_id, processor.media_token_id]
         assert labels[-len(expected):] == [-100, -100, *expected[2:]]
         assert all(label == -100 for label in labels[:-len(expected)])  # left padding
+
+
+
+def open_flamingo_helpers():
+    """tests/models/open_flamingo/open_flamingo_helpers.py, imported by path (that folder is no package: it would
+    shadow the `open_flamingo` reference library); the same module object its own tests import."""
+    name = "open_flamingo_helpers"
+    if name not in sys.modules:
+        path = Path(__file__).parent / "models" / "open_flamingo" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def open_flamingo_folder(tmp_path_factory):
+    """What `python -m conversion open_flamingo` saves, tiny: a Llama Flamingo whose config has `eoc_token_id`, whose
+    generation config stops at `<|endofchunk|>` (not the LM's EOS), and OpenFlamingo's tokenizer (`build_processor`
+    adds `<|endofchunk|>` and `<image>` to the LM's)."""
+    from conversion.open_flamingo import build_processor
+    from tiny_models import build
+
+    helpers = open_flamingo_helpers()
+    model = build("open_flamingo", text_config=helpers.lm_config("llama"), media_token_id=helpers.MEDIA,
+                  eoc_token_id=helpers.EOC)
+    model.generation_config.eos_token_id = helpers.EOC  # as conversion.open_flamingo.convert sets it
+    processor = build_processor(helpers.lm_tokenizer(), model.config.vision_config.image_size)
+    assert (processor.media_token_id, processor.tokenizer.convert_tokens_to_ids("<|endofchunk|>")) == (
+        helpers.MEDIA, helpers.EOC)
+    path = tmp_path_factory.mktemp("open-flamingo") / "model"
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+def test_open_flamingo_captions_end_with_the_token_generate_stops_at(tmp_path, open_flamingo_folder):
+    """--model <OpenFlamingo conversion>: captions are OpenFlamingo's `<image>caption<|endofchunk|>`, the token
+    generate() stops at (generation_config.eos_token_id), labelled; not the LM's EOS, which generate() would
+    never stop at after fine-tuning."""
+    from PIL import Image
+
+    helpers = open_flamingo_helpers()
+    args = train_flamingo.parse_args(["--model", open_flamingo_folder, "--output-dir", str(tmp_path),
+                                      "--train-size", "8", "--eval-size", "8", "--freeze-pretrained",
+                                      "--train-input-embeddings"])
+    trainer = train_flamingo.build_trainer(args)
+    stop = trainer.model.generation_config.eos_token_id
+    assert stop == helpers.EOC
+    rows = [{"image": Image.new("RGB", (20, 24), (200, 10, 10)), "caption": "w5 w6"},
+            {"image": Image.new("RGB", (24, 20), (10, 10, 200)), "caption": "w7"}]
+    batch = trainer.data_collator(rows)
+    media, eos = helpers.MEDIA, trainer.processing_class.tokenizer.eos_token_id
+    assert batch["input_ids"].tolist() == [[media, 5, 6, stop], [0, media, 7, stop]]  # left padded
+    assert batch["labels"].tolist() == [[-100, 5, 6, stop], [-100, -100, 7, stop]]
+    assert eos not in batch["input_ids"]
+
+
+def test_from_scratch_captions_still_end_with_eos(tmp_path):
+    """Without --model (no eoc_token_id): `[BOS] <image> caption [EOS]`, as before; generate() stops at [EOS]."""
+    args = train_flamingo.parse_args(["--output-dir", str(tmp_path), "--train-size", "8", "--eval-size", "8"])
+    trainer = train_flamingo.build_trainer(args)
+    tok = trainer.processing_class.tokenizer
+    assert trainer.model.generation_config.eos_token_id == tok.eos_token_id
+    data = make_shapes_dataset(2, seed=0)
+    batch = trainer.data_collator([data[0], data[1]])
+    expected = train_flamingo.caption_collator(trainer.processing_class)([data[0], data[1]])
+    assert all(torch.equal(batch[k], expected[k]) for k in ("input_ids", "attention_mask", "labels", "pixel_values"))
+    assert batch["input_ids"][:, -1].tolist() == [tok.eos_token_id] * 2
 
 
 def test_gradient_accumulation_gives_the_big_batch_loss(tmp_path, ragged_dataset):

@@ -190,10 +190,13 @@ class DalleGenerationMixin:
 
     @torch.no_grad()
     def generate_images(self, input_ids, reranker=None, reranker_input_ids=None, **generate_kwargs):
-        """`generate()` + dVAE decoding + PIL conversion. `reranker` is any model with `get_text_features` and
-        `get_image_features` (x-clip CLIP, transformers CLIP): each image is scored by cosine similarity with its
-        own prompt (`reranker_input_ids (b, n)`, default `input_ids`), and each prompt's `num_return_sequences`
-        images are sorted best first (the prompts keep their order)."""
+        """`generate()` + dVAE decoding + PIL conversion. `reranker` is any model whose `get_text_features` and
+        `get_image_features` return pooled embeddings, one `(b, d)` vector per text and per image of the same width
+        `d` (a tensor, or a ModelOutput with `pooler_output`): transformers CLIP, x-clip CLIP without
+        `use_all_token_embeds`, CoCa. Token-level features (x-clip's FILIP, `(b, n, d)` / `(b, p, d)`) raise a
+        ValueError. Each image is scored by cosine similarity with its own prompt (`reranker_input_ids (b, n)`,
+        default `input_ids`), and each prompt's `num_return_sequences` images are sorted best first (the prompts
+        keep their order)."""
         from .processing_dalle import to_pil_images
 
         image_ids = self.generate(input_ids, **generate_kwargs)
@@ -206,6 +209,7 @@ class DalleGenerationMixin:
             images01 = self.vae_to_unit_range(pixel_values)
             text_features = _features(reranker.get_text_features(input_ids=text.repeat_interleave(per_prompt, 0)))
             image_features = _features(reranker.get_image_features(pixel_values=images01))
+            _check_pooled_features(text_features, image_features, image_ids.shape[0])
             scores = (F.normalize(text_features, dim=-1) * F.normalize(image_features, dim=-1)).sum(-1)
             order = scores.view(-1, per_prompt).argsort(dim=-1, descending=True)
             order = (order + torch.arange(0, scores.shape[0], per_prompt, device=order.device)[:, None]).flatten()
@@ -220,6 +224,19 @@ class DalleGenerationMixin:
             means, stds = (torch.as_tensor(t).to(pixel_values)[None, :, None, None] for t in normalization)
             pixel_values = pixel_values * stds + means
         return pixel_values.clamp(0, 1)
+
+
+def _check_pooled_features(text_features, image_features, batch: int) -> None:
+    """The cosine score needs one `(batch, d)` vector per text and per image, of the same width."""
+    shapes = (tuple(text_features.shape), tuple(image_features.shape))
+    if text_features.ndim == 2 and shapes[0] == shapes[1] and shapes[0][0] == batch:
+        return
+    raise ValueError(
+        f"reranker must return pooled features, one (batch, dim) vector per text and per image ({batch} of each, "
+        f"the same dim): its get_text_features returned shape {shapes[0]} and get_image_features {shapes[1]}. "
+        "Token-level features (e.g. x-clip with use_all_token_embeds=True, FILIP) cannot be scored by cosine "
+        "similarity: rerank with a model that has pooled embeddings"
+    )
 
 
 def _features(output):

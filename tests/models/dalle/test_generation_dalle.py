@@ -178,6 +178,39 @@ def test_reranking_with_hf_mm_x_clip():
     assert torch.equal(ranked.image_ids, plain.image_ids[order])
 
 
+class MismatchedReranker(torch.nn.Module):
+    """Pooled features of different widths for text and images."""
+
+    def get_text_features(self, input_ids):
+        return torch.ones(input_ids.shape[0], 3)
+
+    def get_image_features(self, pixel_values):
+        return torch.ones(pixel_values.shape[0], 2)
+
+
+def test_reranker_with_token_level_features_is_rejected_clearly():
+    """x-clip with use_all_token_embeds (FILIP) returns token features (b, n, l) / (b, p, l): the cosine score needs
+    one pooled vector per text and per image, so the reranker is refused with a ValueError naming the shapes
+    (it used to fail inside the score with a broadcasting RuntimeError)."""
+    from hf_mm.models.x_clip import XClipConfig, XClipModel
+
+    model = tiny_model()
+    size = model.config.vae_config.image_size
+    tower = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, head_dim=16)
+    torch.manual_seed(0)
+    filip = XClipModel(XClipConfig(
+        text_config=dict(vocab_size=model.config.num_text_tokens, max_position_embeddings=16, **tower),
+        vision_config=dict(image_size=size, patch_size=8, patch_dropout=0.0, **tower), projection_dim=16,
+        use_all_token_embeds=True,
+    )).eval()
+    text = text_ids(model.config, batch=2)
+    with pytest.raises(ValueError, match=r"reranker .*pooled .*get_text_features returned shape \(4, \d+, 16\) "
+                                         r"and get_image_features \(4, \d+, 16\).*use_all_token_embeds"):
+        model.generate_images(text, filter_thres=0.0, num_return_sequences=2, reranker=filip)
+    with pytest.raises(ValueError, match=r"reranker .*shape \(2, 3\) and get_image_features \(2, 2\)"):
+        model.generate_images(text, filter_thres=0.0, reranker=MismatchedReranker())
+
+
 def _greedy(model, text):
     return model.generate(text, do_sample=False)
 
