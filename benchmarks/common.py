@@ -26,10 +26,8 @@ TOL = 1e-4
 
 
 def require_reference(name: str):
-    """Import a reference library through the test suite's stand-in mechanism (tests/reference_imports.py)."""
-    if str(TESTS_DIR) not in sys.path:
-        sys.path.insert(0, str(TESTS_DIR))
-    from reference_imports import require_reference as _require
+    """Import a reference library with the stand-ins for torchvision & co. (conversion/reference_imports.py)."""
+    from conversion.reference_imports import require_reference as _require
 
     return _require(name)
 

@@ -91,11 +91,16 @@ def _format(value: float) -> str:
     return f"{value:.2e}"
 
 
+def _not_verified(result) -> str:
+    """Why a conversion was not verified: the import error of its reference library."""
+    return result.not_verified or f"{result.source} could not be imported"
+
+
 def print_verification(result, atol: float, file=None) -> None:
     """The verification summary table: max abs diff of every output against the reference."""
     file = file or sys.stdout
     if result.parity is None:
-        print(f"verification: not run ({result.source} is not installed)", file=file)
+        print(f"verification: not run ({_not_verified(result)})", file=file)
         return
     print(f"verification against {result.source} (fp32, random inputs, tolerance {atol:g}):", file=file)
     width = max(len("output"), *map(len, result.parity))
@@ -107,8 +112,8 @@ def print_verification(result, atol: float, file=None) -> None:
 
 def _parity_markdown(result, atol: float) -> str:
     if result.parity is None:
-        return (f"Not verified: the reference library ({result.source}) was not installed at conversion time. "
-                "Run the conversion again with it installed to fill this section.")
+        return (f"Not verified at conversion time: {_not_verified(result)}. Run the conversion again with the "
+                "reference library importable to fill this section.")
     rows = "\n".join(f"| `{name}` | {_format(diff)} |" for name, diff in result.parity.items())
     return ("Max absolute difference between the original implementation and hf_mm on random inputs "
             f"(fp32, seed 0); the conversion fails above {atol:g}.\n\n| output | max abs diff |\n|---|---|\n{rows}")
@@ -140,6 +145,10 @@ def render_card(result, args) -> str:
     from .common import render_model_card
 
     notes = "\n".join(f"- {note}" for note in result.notes) or "- none"
+    repo_id = args.push_to_hub or str(args.output_dir)
+    # a source's card fields may name the repo (e.g. a code line `from_pretrained("{{repo_id}}")`)
+    card_fields = {name: value.replace("{{repo_id}}", repo_id) if isinstance(value, str) else value
+                   for name, value in result.card_fields.items()}
     license_note = (
         f"The converted weights keep the license of the original checkpoint (`{Path(result.checkpoint).name}`); "
         f"hf_mm does not change it: check where the checkpoint was published before use. The source code "
@@ -147,18 +156,30 @@ def render_card(result, args) -> str:
     )
     return render_model_card(
         f"{result.family}.md", model_name=args.model_name or Path(args.output_dir).resolve().name,
-        repo_id=args.push_to_hub or str(args.output_dir), source=result.source,
+        repo_id=repo_id, source=result.source,
         checkpoint=Path(result.checkpoint).name, license=args.license, license_note=license_note,
         architecture=architecture_summary(result.model), parity=_parity_markdown(result, args.atol),
-        conversion_notes=notes, **result.card_fields,
+        conversion_notes=notes, **card_fields,
     )
 
 
 def run_source(name: str, argv: list[str]) -> Path:
-    """Parse one source's arguments, convert, verify, write the folder (and push it). Returns the folder."""
-    from .common import UnmappedTensorsError, push_to_hub, save_converted
+    """Parse one source's arguments, convert, verify, write the folder (and push it). Returns the folder.
 
-    module = importlib.import_module(SOURCES[name][0])
+    The reference libraries that rebuild the original model import packages that are not installed (torchvision
+    & co.): their stand-ins (conversion/reference_stubs) are switched on before the source is imported, and a
+    module that still cannot be imported is a one-line error naming it."""
+    from .common import UnmappedTensorsError, push_to_hub, save_converted
+    from .reference_imports import enable_reference_imports, import_error_message
+
+    def import_failed(err: ImportError) -> SystemExit:
+        return SystemExit(f"python -m conversion {name}: error: {import_error_message(err)}")
+
+    enable_reference_imports(allow_installed_torchvision=True)
+    try:
+        module = importlib.import_module(SOURCES[name][0])
+    except ImportError as err:
+        raise import_failed(err) from err
     parser = argparse.ArgumentParser(prog=f"python -m conversion {name}", description=module.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
@@ -181,6 +202,8 @@ def run_source(name: str, argv: list[str]) -> Path:
         with progress.stage("save"):
             report = dict(source=name, library=result.source, checkpoint=str(result.checkpoint), atol=args.atol,
                           parity=result.parity, notes=result.notes)
+            if result.parity is None:
+                report["not_verified"] = _not_verified(result)
             out = save_converted(result.model, args.output_dir, result.processor, card, report)
         if args.push_to_hub:
             try:
@@ -193,6 +216,9 @@ def run_source(name: str, argv: list[str]) -> Path:
     except (UnmappedTensorsError, ValueError, TypeError, FileNotFoundError) as err:
         progress.close()
         raise SystemExit(f"python -m conversion {name}: error: {err}") from err
+    except ImportError as err:  # a reference library (or what it imports) that is missing
+        progress.close()
+        raise import_failed(err) from err
     progress.close()
     print(f"saved {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return out

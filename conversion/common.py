@@ -110,8 +110,20 @@ def track_tensors(make_bar):
         _TENSOR_BARS.remove(make_bar)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, torch.Tensor]:
-    """Load a state dict from safetensors, or from a pickle with `weights_only=True` (never arbitrary code)."""
+def _one_line(err: Exception) -> str:
+    """The gist of an exception on one line (torch.load's weights_only refusal spans a dozen lines)."""
+    text = str(err)
+    for line in text.splitlines():  # torch: "\tWeightsUnpickler error: Unsupported global: GLOBAL x.Y was not ..."
+        if "WeightsUnpickler error:" in line:
+            text = line.split("WeightsUnpickler error:", 1)[1].split(". Please use", 1)[0]
+            break
+    return " ".join(text.split()) or type(err).__name__
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu"):
+    """The object saved in a checkpoint file: a dict of tensors from safetensors, or whatever a pickle holds,
+    loaded with `weights_only=True` (never arbitrary code). Raises FileNotFoundError, or ValueError (on one line)
+    for a pickle that `weights_only` refuses or a corrupt file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -120,17 +132,47 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
 
         return load_file(str(path), device=map_location)
     try:
-        obj = torch.load(str(path), map_location=map_location, weights_only=True)
+        return torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as err:  # pickle with code, or a corrupt file
         raise ValueError(
-            f"refusing to load {path}: it is not a plain tensor checkpoint loadable with weights_only=True ({err})"
+            f"refusing to load {path}: it is not a plain tensor checkpoint loadable with weights_only=True "
+            f"({type(err).__name__}: {_one_line(err)})"
         ) from err
+
+
+def state_dict_from(obj, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict in a loaded pickle: itself, or its "state_dict" / "model" / "module" entry, without the
+    "module." prefix of DDP-wrapped models. Raises ValueError when it is not a dict of tensors."""
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise ValueError(f"{path} does not contain a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, torch.Tensor]:
+    """Load a state dict from safetensors, or from a pickle with `weights_only=True` (never arbitrary code)."""
+    obj = read_checkpoint(path, map_location)
+    if Path(path).suffix == ".safetensors":
+        return obj
+    return state_dict_from(obj, path)
+
+
+def reference_import_error(module: str, distribution: str) -> str | None:
+    """None when reference library `module` imports, else why not, for the console and the model card:
+    "<distribution> is not installed", or "<distribution> <version> is installed but could not be imported (...)"."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        version = library_version(distribution)
+        if version == "unknown":
+            return f"{distribution} is not installed"
+        return (f"{distribution} {version} is installed but could not be imported "
+                f"({type(err).__name__}: {' '.join(str(err).split())})")
+    return None
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -236,8 +278,9 @@ class Conversion:
     """What a source's `run(args, progress)` hands back to the CLI (`python -m conversion`).
 
     `parity` maps each verified output to its max abs difference against the reference (None: the reference
-    library is not installed, nothing was verified); `card_fields` fills the family-specific `{{...}}` fields
-    of `model_cards/<family>.md`; `notes` go to the console and the model card.
+    library could not be imported, nothing was verified, and `not_verified` says why); `card_fields` fills the
+    family-specific `{{...}}` fields of `model_cards/<family>.md` (`family` names the template: "dalle" or
+    "dalle_vae" for the two kinds of DALL-E checkpoint); `notes` go to the console and the model card.
     """
 
     model: torch.nn.Module
@@ -249,6 +292,7 @@ class Conversion:
     card_fields: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     code_license: str = "MIT"
+    not_verified: str | None = None
 
 
 def load_tokenizer(path: str | os.PathLike, vocab_size: int | None = None):

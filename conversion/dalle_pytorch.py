@@ -8,7 +8,9 @@ CLI: a dalle-pytorch training checkpoint (`train_dalle.py`: `{"hparams", "vae_pa
 `--reference-kwargs` (DALLE kwargs plus a "vae" entry; DiscreteVAE kwargs with `--vae-only`):
     python -m conversion dalle_pytorch --checkpoint dalle.pt --output-dir converted/ [--tokenizer tok/]
     python -m conversion dalle_pytorch --checkpoint vae.pt --vae-only --output-dir converted_vae/
-The conversion needs no dalle-pytorch; it is verified against dalle-pytorch when that is installed.
+The conversion needs no dalle-pytorch; it is verified against dalle-pytorch when that can be imported (the CLI
+provides stand-ins for what it imports but does not use: omegaconf, taming, youtokentome, pkg_resources), and the
+console and model card say why not otherwise. `--vae-only` folders get their own card (model_cards/dalle_vae.md).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import torch
 from hf_mm.models.dalle import DalleConfig, DalleForImageGeneration, DiscreteVAEConfig, DiscreteVAEModel
 
 from .common import (
-    Conversion, StateDictConverter, check_against_reference, library_version, load_checkpoint, load_tokenizer,
-    max_abs_diff, read_json_argument,
+    Conversion, StateDictConverter, check_against_reference, library_version, load_tokenizer, max_abs_diff,
+    read_checkpoint, read_json_argument, reference_import_error, state_dict_from,
 )
 
 VAE_KWARGS = {  # dalle-pytorch DiscreteVAE argument -> DiscreteVAEConfig field (same names)
@@ -158,11 +160,23 @@ def convert_dalle(state_dict: dict, config: DalleConfig) -> DalleForImageGenerat
     return conv.finish(model)
 
 
+# The text prompt of the DALL-E card's usage snippet (model_cards/dalle.md `{{prompt_ids}}`): with the processor
+# files written by --tokenizer, or as token ids of whatever tokenizer the checkpoint was trained with.
+PROMPT_WITH_PROCESSOR = """\
+processor = AutoProcessor.from_pretrained("{{repo_id}}")
+input_ids = processor(text=["a red circle"])["input_ids"]  # (batch, text_seq_len), 0 = padding"""
+PROMPT_WITHOUT_PROCESSOR = """\
+# no processor files (converted without --tokenizer): the prompt's ids from the tokenizer the checkpoint was trained
+# with, (batch, text_seq_len), 0 = padding
+input_ids = torch.zeros(1, model.config.text_seq_len, dtype=torch.long)
+input_ids[0, :3] = torch.tensor([1, 2, 3])"""
+
+
 def _read_checkpoint(args) -> tuple[dict, dict, dict | None]:
     """(weights, model kwargs, vae kwargs or None for --vae-only) from a training checkpoint or state dict + JSON."""
-    obj = torch.load(args.checkpoint, map_location="cpu", weights_only=True) if not str(args.checkpoint).endswith(
-        ".safetensors") else None
-    if isinstance(obj, dict) and "weights" in obj:
+    obj = read_checkpoint(args.checkpoint)  # weights_only=True; ValueError (a CLI error) when it refuses
+    safetensors = str(args.checkpoint).endswith(".safetensors")
+    if not safetensors and isinstance(obj, dict) and "weights" in obj:
         if args.reference_kwargs:
             raise ValueError("--reference-kwargs is not used with a training checkpoint: it holds its own 'hparams'")
         kwargs, weights = dict(obj.get("hparams") or {}), obj["weights"]
@@ -176,7 +190,7 @@ def _read_checkpoint(args) -> tuple[dict, dict, dict | None]:
         raise ValueError(f"{args.checkpoint} is a plain state dict: pass --reference-kwargs with the DALLE (plus "
                          "'vae') or, with --vae-only, the DiscreteVAE constructor arguments")
     kwargs = read_json_argument(args.reference_kwargs, "--reference-kwargs")
-    weights = load_checkpoint(args.checkpoint)
+    weights = obj if safetensors else state_dict_from(obj, args.checkpoint)
     if args.vae_only:
         return weights, kwargs, None
     if not isinstance(kwargs.get("vae"), dict):
@@ -187,10 +201,11 @@ def _read_checkpoint(args) -> tuple[dict, dict, dict | None]:
 
 def _reference_library():
     """(dalle_pytorch, None) when it imports (verification only), else (None, why not)."""
-    try:
-        import dalle_pytorch
-    except ImportError as err:
-        return None, str(err)
+    why_not = reference_import_error("dalle_pytorch", "dalle-pytorch")
+    if why_not is not None:
+        return None, why_not
+    import dalle_pytorch
+
     return dalle_pytorch, None
 
 
@@ -246,7 +261,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, progress) -> Conversion:
-    """Convert (no dalle-pytorch needed), then verify against dalle-pytorch when it is installed."""
+    """Convert (no dalle-pytorch needed), then verify against dalle-pytorch when it imports."""
     with progress.stage("load checkpoint"):
         weights, kwargs, vae_kwargs = _read_checkpoint(args)
     library, why_not = _reference_library()
@@ -269,9 +284,7 @@ def run(args, progress) -> Conversion:
         report = None
         if reference is not None:
             report = verify_vae(reference, model) if args.vae_only else verify_dalle(reference, model)
-    processor, notes = None, []
-    if library is None:
-        notes.append(f"not verified: dalle-pytorch could not be imported ({why_not}).")
+    processor, notes, card_fields = None, [], {}
     if args.vae_only:
         vae = model.config
         summary = (f"the discrete VAE of DALL-E on its own (`DiscreteVAEModel`): {vae.image_size}px images <-> "
@@ -290,10 +303,13 @@ def run(args, progress) -> Conversion:
         else:
             notes.append("no --tokenizer given: no processor files are written (dalle-pytorch checkpoints do not "
                          "record which tokenizer they were trained with).")
+        card_fields["prompt_ids"] = PROMPT_WITH_PROCESSOR if processor is not None else PROMPT_WITHOUT_PROCESSOR
+    version = library_version("dalle-pytorch")
     return Conversion(
-        model=model, family="dalle",
-        source="dalle-pytorch" if library is None else f"dalle-pytorch {library_version('dalle-pytorch')}",
-        checkpoint=args.checkpoint, parity=report, processor=processor, card_fields=dict(summary=summary), notes=notes,
+        model=model, family="dalle_vae" if args.vae_only else "dalle",  # model_cards/dalle_vae.md / dalle.md
+        source="dalle-pytorch" if version == "unknown" else f"dalle-pytorch {version}",
+        checkpoint=args.checkpoint, parity=report, processor=processor, notes=notes, not_verified=why_not,
+        card_fields=dict(summary=summary, **card_fields),
     )
 
 

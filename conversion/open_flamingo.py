@@ -298,12 +298,11 @@ def verify(model: FlamingoForConditionalGeneration, source: dict, quick_gelu: bo
                                    model(input_ids=ids, pixel_values=px, attention_mask=mask).logits)}
 
 
-def _reference_importable() -> bool:
-    try:
-        import open_flamingo  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def reference_unavailable() -> str | None:
+    """None when open_flamingo imports (verification), else why not: not installed, or its import error."""
+    from .common import reference_import_error
+
+    return reference_import_error("open_flamingo", "open-flamingo")
 
 
 def convert_checkpoint(checkpoint, language_model, *, vision_checkpoint=None, tokenizer=None, vision_head_width: int = 64,
@@ -317,7 +316,8 @@ def convert_checkpoint(checkpoint, language_model, *, vision_checkpoint=None, to
     vision_checkpoint: open_clip CLIP (or bare visual) weights, when the checkpoint has no `vision_encoder.*`.
     tokenizer: the LM's tokenizer (folder or object; default: the `language_model` folder when it has one);
         OpenFlamingo's special tokens are added. Without it pass `media_token_id` and `eoc_token_id`.
-    verify_reference: compare with open_flamingo when it is importable (`report["parity"]`, else None).
+    verify_reference: compare with open_flamingo when it is importable (`report["parity"]`, else None and
+        `report["not_verified"]` says why).
     progress: the CLI's `Progress` (its loading / conversion / verification stages), or None.
     """
     import contextlib
@@ -368,8 +368,9 @@ def convert_checkpoint(checkpoint, language_model, *, vision_checkpoint=None, to
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, the checkpoint's embeddings "
                          f"{model.config.text_config.vocab_size} rows")
     report["parity"] = None
+    report["not_verified"] = reference_unavailable() if verify_reference else "verify_reference=False"
     with stage("build reference"), stage("verify"):  # verify() rebuilds the reference around the converted tensors
-        if verify_reference and _reference_importable():
+        if report["not_verified"] is None:
             source, _ = merge_sources(state_dict, read_layout(state_dict, text_config), lm_state, vision_state)
             report["parity"] = verify(model, source, quick_gelu)
     return model, processor, report
@@ -408,6 +409,7 @@ def run(args, progress):
     return Conversion(
         model=model, family="open_flamingo", source=f"open-flamingo {library_version('open-flamingo')}",
         checkpoint=args.checkpoint, parity=report["parity"], processor=processor, notes=notes,
+        not_verified=report["not_verified"],
         card_fields=dict(language_model=cfg.text_config.model_type, cross_attn_every_n_layers=cfg.cross_attn_every,
                          media_token_id=cfg.media_token_id, eoc_token_id=cfg.eoc_token_id),
     )

@@ -1,5 +1,7 @@
 """`python -m conversion SOURCE ...` end to end on tiny reference models: output folder, reload with the Auto
-classes against the reference, filled model card, verification summary and failures, push-to-hub up to the upload.
+classes against the reference, filled model card (and its usage snippet run), verification summary and failures,
+push-to-hub up to the upload. Most run `main()` in-process; the "fresh process" ones run the CLI as a user does,
+where only the CLI itself can switch on the stand-ins the reference libraries need.
 
 (No `__init__.py` here on purpose: a `tests/conversion` package would shadow the real `conversion` package.)
 """
@@ -7,6 +9,8 @@ classes against the reference, filled model card, verification summary and failu
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +22,7 @@ from safetensors.torch import save_file
 import hf_mm  # noqa: F401  (Auto registration)
 from conversion.__main__ import SOURCES, STAGES, main
 from conversion.common import render_model_card
-from reference_imports import REPO_ROOT, TESTS_DIR, require_reference
+from reference_imports import REPO_ROOT, STUB_PACKAGES, TESTS_DIR, require_reference
 
 TOL = 1e-4
 WORDS = ["[PAD]", "[BOS]", "[EOS]", "<image>", "a", "red", "blue", "circle", "square", "photo", "of"]
@@ -396,14 +400,38 @@ def test_dalle_pytorch_training_checkpoint_and_vae_state_dict(tmp_path, tokenize
     assert torch.equal(vae.get_codebook_indices(images), ref.vae.get_codebook_indices(images))
 
 
-def test_dalle_without_the_reference_installed_converts_and_says_unverified(tmp_path, monkeypatch):
+def test_dalle_whose_reference_fails_to_import_converts_and_says_why_unverified(tmp_path, monkeypatch, capsys):
+    """dalle-pytorch installed but not importable: the conversion goes on unverified, and the console, the report and
+    the card give the import error (they used to say "dalle-pytorch 1.6.6 is not installed")."""
     ref = dalle_reference()
     torch.save({"hparams": DALLE, "vae_params": DALLE_VAE, "weights": ref.state_dict()}, tmp_path / "dalle.pt")
     monkeypatch.setitem(sys.modules, "dalle_pytorch", None)  # `import dalle_pytorch` now raises ImportError
     out = run_cli("dalle_pytorch", "--checkpoint", str(tmp_path / "dalle.pt"), "--output-dir", str(tmp_path / "out"))
-    assert json.loads((out / "conversion_report.json").read_text())["parity"] is None
-    card = check_card(out, "Not verified: the reference library (dalle-pytorch) was not installed")
-    assert "not verified: dalle-pytorch could not be imported" in card
+    printed = capsys.readouterr().out
+    reason = "dalle-pytorch 1.6.6 is installed but could not be imported (ModuleNotFoundError: import of dalle_pytorch"
+    assert f"verification: not run ({reason}" in printed
+    assert "not installed" not in printed
+    report = json.loads((out / "conversion_report.json").read_text())
+    assert report["parity"] is None and report["not_verified"].startswith(reason)
+    card = check_card(out, f"Not verified at conversion time: {reason}")
+    assert "was not installed" not in card
+
+
+def test_unverified_reason_tells_not_installed_from_failing_import(monkeypatch):
+    from conversion.common import reference_import_error
+
+    assert reference_import_error("x_clip", "x-clip") is None
+    assert reference_import_error("not_a_reference_xyz", "not-a-ref-xyz") == "not-a-ref-xyz is not installed"
+    monkeypatch.setitem(sys.modules, "x_clip", None)
+    assert reference_import_error("x_clip", "x-clip").startswith("x-clip 0.14.4 is installed but could not be imported")
+
+
+def test_open_flamingo_unverified_reason_is_the_import_error(monkeypatch):
+    from conversion import open_flamingo
+
+    assert open_flamingo.reference_unavailable() is None
+    monkeypatch.setitem(sys.modules, "open_flamingo", None)
+    assert open_flamingo.reference_unavailable().startswith("open-flamingo 2.0.1 is installed but could not be")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -518,7 +546,7 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_folder(tmp_path, monkeypat
 # model card templates
 
 
-@pytest.mark.parametrize("family", ["coca", "x_clip", "flamingo", "open_flamingo", "dalle"])
+@pytest.mark.parametrize("family", ["coca", "x_clip", "flamingo", "open_flamingo", "dalle", "dalle_vae"])
 def test_templates_refuse_unfilled_and_unknown_fields(family):
     with pytest.raises(ValueError, match="unfilled fields"):
         render_model_card(f"{family}.md", model_name="m")
@@ -555,3 +583,220 @@ def test_failed_push_is_a_cli_error_naming_the_saved_folder(tmp_path, tokenizer_
         run_cli("x_clip", "--reference-kwargs", kwargs_path, "--checkpoint", checkpoint,
                 "--output-dir", str(tmp_path / "out"), "--tokenizer", tokenizer_dir, "--push-to-hub", "me/tiny")
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# checkpoints that weights_only refuses, reference libraries that fail to import: one-line CLI errors
+
+
+class RefusedByWeightsOnly(dict):
+    """A dict subclass: `torch.load(weights_only=True)` refuses to unpickle it (it could be any class)."""
+
+
+@pytest.mark.parametrize("source", ["dalle_pytorch", "x_clip"])
+def test_checkpoint_that_weights_only_refuses_is_a_one_line_cli_error(tmp_path, source):
+    """dalle_pytorch read its checkpoint with torch.load itself and ended in a raw UnpicklingError traceback."""
+    torch.save({"hparams": RefusedByWeightsOnly(dim=32), "weights": {}}, tmp_path / "unsafe.pt")
+    extra = ["--reference-kwargs", json.dumps(X_CLIP)] if source == "x_clip" else []
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(source, *extra, "--checkpoint", str(tmp_path / "unsafe.pt"), "--output-dir", str(tmp_path / "out"))
+    message = str(exit_info.value.code)
+    assert message.startswith(f"python -m conversion {source}: error: refusing to load ")
+    assert "unsafe.pt" in message and "weights_only=True" in message and "RefusedByWeightsOnly" in message
+    assert "\n" not in message
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit, match=f"{source}: error: checkpoint not found: .*missing.pt"):
+        run_cli(source, *extra, "--checkpoint", str(tmp_path / "missing.pt"), "--output-dir", str(tmp_path / "out"))
+
+
+def test_reference_library_that_fails_to_import_is_a_one_line_cli_error(tmp_path, monkeypatch):
+    _, kwargs_path, checkpoint = x_clip_reference(tmp_path)
+    monkeypatch.setitem(sys.modules, "x_clip", None)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("x_clip", "--reference-kwargs", kwargs_path, "--checkpoint", checkpoint,
+                "--output-dir", str(tmp_path / "out"))
+    message = str(exit_info.value.code)
+    assert message.startswith("python -m conversion x_clip: error: cannot import 'x_clip'")
+    assert "pip install --no-deps" in message and "\n" not in message
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the CLI as a user runs it: a fresh process, nothing from the test suite on its path
+
+
+def run_fresh(*args: str, code: str | None = None, pythonpath: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m conversion ARGS` (or `python -c CODE ARGS`) in the repository root, without PYTHONPATH (or with
+    just `pythonpath`): the process gets neither tests/ nor the stand-ins from the test process."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    command = [sys.executable, "-m", "conversion"] if code is None else [sys.executable, "-c", code]
+    return subprocess.run([*command, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def verification_rows(stdout: str, library: str) -> dict[str, str]:
+    """The rows of the printed verification table: output name -> "yes" / "NO"."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"verification against {library}"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("  "):
+            break
+        rows[line.split()[0]] = line.split()[-1]
+    return rows
+
+
+def test_x_clip_cli_in_a_fresh_process_converts_and_verifies(tmp_path):
+    """x-clip imports torchvision at import time: the CLI has to switch the stand-ins on itself (it used to crash
+    with `ModuleNotFoundError: No module named 'torchvision'`)."""
+    _, kwargs_path, checkpoint = x_clip_reference(tmp_path)  # a torch.save'd state dict
+    proc = run_fresh("x_clip", "--reference-kwargs", kwargs_path, "--checkpoint", checkpoint,
+                     "--output-dir", str(tmp_path / "out"), "--no-progress")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = verification_rows(proc.stdout, "x-clip 0.14.4")
+    assert {"text_embeds", "image_embeds", "loss"} <= set(rows) and set(rows.values()) == {"yes"}, proc.stdout
+    parity = json.loads((tmp_path / "out" / "conversion_report.json").read_text())["parity"]
+    assert parity.keys() == rows.keys() and max(parity.values()) <= TOL
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "Max absolute difference between the original implementation and hf_mm" in card
+
+
+def test_dalle_vae_cli_in_a_fresh_process_verifies(tmp_path):
+    """dalle-pytorch imports omegaconf, youtokentome, taming and pkg_resources: the fresh CLI used to skip the
+    verification ("dalle-pytorch is not installed")."""
+    dalle_pytorch = require_reference("dalle_pytorch")
+    torch.manual_seed(0)
+    torch.save({"hparams": DALLE_VAE, "weights": dalle_pytorch.DiscreteVAE(**DALLE_VAE).state_dict()},
+               tmp_path / "vae.pt")
+    proc = run_fresh("dalle_pytorch", "--vae-only", "--checkpoint", str(tmp_path / "vae.pt"),
+                     "--output-dir", str(tmp_path / "out"), "--no-progress")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = verification_rows(proc.stdout, "dalle-pytorch 1.6.6")
+    assert set(rows) == {"codebook_indices", "decoded_images", "reconstruction_loss"} and set(rows.values()) == {"yes"}
+    assert "not verified" not in proc.stdout
+
+
+def test_missing_reference_dependency_is_a_one_line_error_in_a_fresh_process(tmp_path):
+    """A module that neither is installed nor has a stand-in: one line naming it, no traceback, nothing written."""
+    _, kwargs_path, checkpoint = x_clip_reference(tmp_path)
+    code = ("import sys; sys.modules['torchvision'] = None  # as if it had no stand-in\n"
+            "from conversion.__main__ import main; main(sys.argv[1:])")
+    proc = run_fresh("x_clip", "--reference-kwargs", kwargs_path, "--checkpoint", checkpoint,
+                     "--output-dir", str(tmp_path / "out"), "--no-progress", code=code)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m conversion x_clip: error: cannot import 'torchvision'"), last
+    assert not (tmp_path / "out").exists()
+
+
+def test_importing_conversion_does_not_switch_the_stand_ins_on():
+    """Only running a conversion does; importing the package or a source module leaves sys.path alone."""
+    code = ("import importlib.util, sys\n"
+            "import conversion.__main__, conversion.x_clip, conversion.dalle_pytorch, conversion.open_flamingo\n"
+            "from conversion.reference_imports import STUBS_DIR\n"
+            "assert str(STUBS_DIR) not in sys.path, sys.path\n"
+            "assert importlib.util.find_spec('torchvision') is None\n")
+    proc = run_fresh(code=code)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_cli_leaves_a_working_torchvision_in_place(tmp_path):
+    """A user whose torchvision is installed keeps it: the CLI's `enable_reference_imports(allow_installed_torchvision
+    =True)` only appends the other stand-ins behind it. The test suite's strict mode refuses it."""
+    (tmp_path / "torchvision").mkdir()
+    (tmp_path / "torchvision" / "__init__.py").write_text("INSTALLED = True\n")
+    code = ("import sys, torchvision\n"
+            "from conversion import reference_imports as r\n"
+            "try:\n"
+            "    r.enable_reference_imports()\n"
+            "except RuntimeError as err:\n"
+            "    assert 'a real torchvision is importable' in str(err), err\n"
+            "else:\n"
+            "    raise AssertionError('the strict mode accepted an installed torchvision')\n"
+            "assert str(r.STUBS_DIR) not in sys.path\n"
+            "r.enable_reference_imports(allow_installed_torchvision=True)\n"
+            "assert sys.path[-1] == str(r.STUBS_DIR)\n"
+            "import omegaconf, importlib\n"
+            "assert omegaconf.__file__.startswith(str(r.STUBS_DIR)), omegaconf.__file__\n"
+            "assert importlib.import_module('torchvision').INSTALLED\n")
+    proc = run_fresh(code=code, pythonpath=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_stand_ins_live_in_one_shipped_place():
+    """conversion/reference_imports.py and conversion/reference_stubs/ are the only copy: the test suite's
+    reference_imports re-exports them."""
+    import conversion.reference_imports as shipped
+    import reference_imports
+
+    assert reference_imports.enable_reference_imports is shipped.enable_reference_imports
+    assert reference_imports.require_reference is shipped.require_reference
+    assert reference_imports.STUBS_DIR == shipped.STUBS_DIR == REPO_ROOT / "conversion" / "reference_stubs"
+    assert not (TESTS_DIR / "reference_stubs").exists()
+    for name in STUB_PACKAGES:
+        assert (shipped.STUBS_DIR / name / "__init__.py").is_file()
+    assert str(shipped.STUBS_DIR) in sys.path  # switched on by tests/conftest.py
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the DALL-E model cards: one usage snippet per kind of checkpoint, and it runs
+
+
+def card_snippet(out: Path) -> tuple[str, str]:
+    """The rendered card and its one python code block, with the repo id pointing at the local folder."""
+    card = (out / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", card, re.S)
+    assert len(blocks) == 1, card
+    repo_ids = set(re.findall(r'from_pretrained\("([^"]+)"\)', blocks[0]))
+    assert repo_ids, blocks[0]
+    code = blocks[0]
+    for repo_id in repo_ids:
+        code = code.replace(f'"{repo_id}"', repr(str(out)))
+    return card, code
+
+
+@pytest.mark.parametrize("tokenizer", [False, True], ids=["no_processor", "processor"])
+def test_dalle_card_snippet_runs_on_the_converted_dalle(tmp_path, tokenizer_dir, tokenizer):
+    from PIL import Image
+
+    ref = dalle_reference()
+    torch.save({"hparams": DALLE, "vae_params": DALLE_VAE, "weights": ref.state_dict()}, tmp_path / "dalle.pt")
+    out = run_cli("dalle_pytorch", "--checkpoint", str(tmp_path / "dalle.pt"), "--output-dir", str(tmp_path / "out"),
+                  *(["--tokenizer", tokenizer_dir] if tokenizer else []))
+    card, code = card_snippet(out)
+    assert "model.vae.get_codebook_indices" in code and "model.get_codebook_indices" not in code
+    assert ("AutoProcessor.from_pretrained" in code) == tokenizer
+    assert "pipeline_tag: any-to-any" in card and "Attention pattern of each layer" in card
+
+    namespace = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        exec(compile(code, str(out / "README.md"), "exec"), namespace)
+    assert len(namespace["out"].images) == 1 and isinstance(namespace["out"].images[0], Image.Image)
+    assert namespace["codes"].shape == (1, 16)
+    assert namespace["images"].shape == (1, 3, 16, 16)
+    assert 0 <= namespace["images"].min() and namespace["images"].max() <= 1
+    if tokenizer:
+        assert namespace["input_ids"].tolist() == [[4, 5, 7, 0, 0]]  # "a red circle"
+
+
+def test_dalle_vae_card_snippet_runs_and_advertises_only_the_vae(tmp_path):
+    ref = dalle_reference()
+    torch.save({"hparams": DALLE_VAE, "weights": ref.vae.state_dict()}, tmp_path / "vae.pt")
+    out = run_cli("dalle_pytorch", "--vae-only", "--checkpoint", str(tmp_path / "vae.pt"),
+                  "--output-dir", str(tmp_path / "out"))
+    card, code = card_snippet(out)
+    check_card(out, "the discrete VAE of DALL-E on its own")
+    for text in ("generate_images", "any-to-any", "pipeline", "attention pattern", "KV cache", "cond_scale",
+                 "processor"):
+        assert text.lower() not in card.lower(), text
+
+    namespace = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        exec(compile(code, str(out / "README.md"), "exec"), namespace)
+    pixel_values = namespace["pixel_values"]
+    assert pixel_values.shape == (1, 3, 16, 16)
+    assert torch.equal(namespace["codes"], ref.vae.get_codebook_indices(pixel_values))
+    assert namespace["reconstructions"].shape == (1, 3, 16, 16)

@@ -2,7 +2,7 @@
 
 import torch
 
-from _reference_standin import standin_class
+from conversion.reference_imports import standin_class
 
 FrozenBatchNorm2d = standin_class(f"{__name__}.FrozenBatchNorm2d", base=torch.nn.Module)
 

@@ -2,7 +2,7 @@
 
 from enum import Enum
 
-from _reference_standin import standin_class, standin_function
+from conversion.reference_imports import standin_class, standin_function
 
 
 class ImageReadMode(Enum):

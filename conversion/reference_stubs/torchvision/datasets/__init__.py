@@ -1,6 +1,6 @@
 """Stand-in for ``torchvision.datasets``: the dataset classes timm.data.dataset_factory imports."""
 
-from _reference_standin import standin_class
+from conversion.reference_imports import standin_class
 
 _CLASSES = ("CIFAR10", "CIFAR100", "FashionMNIST", "ImageFolder", "KMNIST", "MNIST")
 for _name in _CLASSES:

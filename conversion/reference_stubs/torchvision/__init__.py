@@ -1,4 +1,4 @@
-"""Test-only stand-in for ``torchvision`` (tests/reference_stubs).
+"""Import-only stand-in for ``torchvision`` (conversion/reference_stubs).
 
 torchvision must never be installed in this project (the registry build is CUDA-only and breaks
 ``import transformers``). open_clip, timm, x_clip, vit_pytorch and dalle_pytorch import it at module

@@ -1,6 +1,6 @@
 """Stand-in for ``torchvision.transforms``: classes can be subclassed at import time but not instantiated."""
 
-from _reference_standin import standin_class
+from conversion.reference_imports import standin_class
 
 from . import functional  # noqa: F401
 from .functional import InterpolationMode  # noqa: F401

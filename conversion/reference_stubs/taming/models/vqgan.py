@@ -2,7 +2,7 @@
 
 import torch
 
-from _reference_standin import standin_class
+from conversion.reference_imports import standin_class
 
 VQModel = standin_class(f"{__name__}.VQModel", base=torch.nn.Module)
 GumbelVQ = standin_class(f"{__name__}.GumbelVQ", base=VQModel)

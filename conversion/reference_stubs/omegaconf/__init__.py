@@ -1,6 +1,6 @@
-"""Test-only stand-in for ``omegaconf``, imported by dalle_pytorch.vae (only VQGanVAE uses it)."""
+"""Import-only stand-in for ``omegaconf``, imported by dalle_pytorch.vae (only VQGanVAE uses it)."""
 
-from _reference_standin import standin_class, standin_function
+from conversion.reference_imports import standin_class, standin_function
 
 
 class OmegaConf:
@@ -13,7 +13,8 @@ class OmegaConf:
     to_yaml = staticmethod(standin_function(f"{__name__}.OmegaConf.to_yaml"))
 
     def __init__(self, *args, **kwargs):
-        raise NotImplementedError("stand-in: omegaconf.OmegaConf is a test-only stand-in from tests/reference_stubs")
+        raise NotImplementedError(
+            "stand-in: omegaconf.OmegaConf is an import-only stand-in from conversion/reference_stubs")
 
 
 DictConfig = standin_class(f"{__name__}.DictConfig")

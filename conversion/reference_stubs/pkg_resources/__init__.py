@@ -1,8 +1,8 @@
-"""Test-only stand-in for ``pkg_resources`` (removed from setuptools >= 81), imported by dalle_pytorch.
+"""Import-only stand-in for ``pkg_resources`` (removed from setuptools >= 81), imported by dalle_pytorch.
 
 Only ``get_distribution(name).version`` (answered from ``importlib.metadata``) and a no-op
 ``fixup_namespace_packages`` are provided.
-When a real pkg_resources is installed it wins: tests/reference_stubs is appended to sys.path.
+When a real pkg_resources is installed it wins: conversion/reference_stubs is appended to sys.path.
 """
 
 import importlib.metadata
