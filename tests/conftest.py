@@ -1,7 +1,7 @@
 """Suite-wide test setup.
 
-- Makes the reference libraries importable (test-only stand-ins for torchvision & co., see
-  tests/reference_imports.py). This runs at collection time, before any test module is imported, so that
+- Makes the reference libraries importable (import-only stand-ins for torchvision & co., shipped with the
+  conversion CLI in conversion/reference_imports.py; tests/reference_imports.py re-exports them). This runs at collection time, before any test module is imported, so that
   transformers pins "torchvision is not installed" before the stand-in becomes importable.
 - Caps torch's intra-op threads for the 2-core CI box.
 - Seeds nothing: tests that need determinism seed (or use a torch.Generator) themselves.
@@ -22,9 +22,6 @@ from reference_imports import enable_reference_imports  # noqa: E402
 enable_reference_imports()
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-# The stand-in packages are not tests; never collect anything from them.
-collect_ignore = ["reference_stubs"]
 
 
 @pytest.fixture
