@@ -42,10 +42,28 @@ def tiny_coca_config(tokenizer: PreTrainedTokenizerFast, image_size: int = 32, p
     return CocaConfig(**config)
 
 
+def tokenizer_appends_eos(tokenizer) -> bool:
+    """Whether `tokenizer(text)` already ends with the EOS token (open_clip's CLIP tokenizer appends
+    `<end_of_text>`; the examples' word tokenizer and most causal-LM tokenizers append nothing)."""
+    if tokenizer.eos_token_id is None:
+        return False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[-1] == tokenizer.eos_token_id
+
+
+def caption_template(tokenizer) -> str:
+    """`"{} " + eos_token`, or `"{}"` when the tokenizer ends every text with EOS itself (or has none): each
+    training caption ends with exactly one EOS."""
+    if tokenizer.eos_token is None or tokenizer_appends_eos(tokenizer):
+        return "{}"
+    return "{} " + tokenizer.eos_token
+
+
 class CocaCaptionCollator(ImageCaptionCollator):
-    """Rows `{"image": PIL, "caption": str}` -> `pixel_values`, `input_ids` (`[BOS] caption [EOS]`),
-    `attention_mask`, `labels` (= input_ids, -100 at padding; the model shifts them), `return_loss`."""
+    """Rows `{"image": PIL, "caption": str}` -> `pixel_values`, `input_ids` (`[BOS] caption [EOS]`, one EOS: added
+    only when the tokenizer does not append it itself), `attention_mask`, `labels` (= input_ids, -100 at padding;
+    the model shifts them), `return_loss`."""
 
     def __init__(self, processor: CocaProcessor, image_column: str = "image", text_column: str = "caption"):
-        super().__init__(processor, image_column, text_column, text_template="{} " + processor.tokenizer.eos_token,
+        super().__init__(processor, image_column, text_column, text_template=caption_template(processor.tokenizer),
                          labels=True)

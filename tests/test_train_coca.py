@@ -54,3 +54,31 @@ def test_torchrun_two_processes_match_one(tmp_path):
     two = torchrun("examples.train_coca", ["--batch-size", "8", *args], tmp_path / "two")
     assert losses(two["log_history"]) == pytest.approx(losses(one["log_history"]), rel=1e-4)
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-4)
+
+
+def _eos_counts(processor, batch):
+    eos = processor.tokenizer.eos_token_id
+    return [(row == eos).sum().item() for row in batch["input_ids"]]
+
+
+def test_collator_ends_each_caption_with_one_eos():
+    """The word tokenizer of the demo appends no EOS (the collator adds it); open_clip's CLIP tokenizer appends
+    <end_of_text> itself (the collator used to add a second one)."""
+    from hf_mm.models.coca import CocaProcessor
+
+    rows = [dict(r) for r in make_shapes_dataset(2, seed=0)]
+    rows[0]["caption"], rows[1]["caption"] = "a red circle", "a dog"
+    words = caption_processor(caption_vocabulary(), image_size=32)
+    assert words.tokenizer("a red")["input_ids"][-1] != words.tokenizer.eos_token_id  # the demo's: no EOS
+    demo_batch = CocaCaptionCollator(words)(rows)
+    ids = words.tokenizer(["a red circle [EOS]", "a dog [EOS]"], padding=True, return_tensors="pt")["input_ids"]
+    assert torch.equal(demo_batch["input_ids"], ids)  # unchanged: "{} [EOS]"
+    assert _eos_counts(words, demo_batch) == [1, 1]
+
+    clip = CocaProcessor.from_open_clip(image_size=32, context_length=16)
+    batch = CocaCaptionCollator(clip)(rows)
+    tokens = [clip.tokenizer.convert_ids_to_tokens(row) for row in batch["input_ids"].tolist()]
+    assert tokens[0] == ["<start_of_text>", "a</w>", "red</w>", "circle</w>", "<end_of_text>"]
+    assert tokens[1][:4] == ["<start_of_text>", "a</w>", "dog</w>", "<end_of_text>"]
+    assert _eos_counts(clip, batch) == [1, 1]
+    assert batch["labels"][1].tolist() == [49406, 320, 1929, 49407, -100]

@@ -30,6 +30,7 @@ class CocaTextConfig(PreTrainedConfig):
 
     Example:
     ```python
+    >>> from hf_mm.models.coca import CocaTextConfig
     >>> CocaTextConfig(vocab_size=49408, hidden_size=512, num_hidden_layers=12, max_position_embeddings=76)
     ```
     """
@@ -105,7 +106,7 @@ class CocaConfig(PreTrainedConfig):
 
     Example:
     ```python
-    >>> from hf_mm import CocaConfig, CocaModel
+    >>> from hf_mm.models.coca import CocaConfig, CocaModel
     >>> model = CocaModel(CocaConfig())  # open_clip coca_ViT-B-32 sizes
     ```
     """

@@ -487,18 +487,49 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
 
     # -- generation hooks -----------------------------------------------------------------------------
     def generate(self, inputs=None, *args, **kwargs):
-        """`GenerationMixin.generate`; the prompt `input_ids` are first made a caption prefix (`caption_prompt`)."""
+        """`GenerationMixin.generate`; the prompt `input_ids` are first made a caption prefix (`caption_prompt`).
+        An empty prompt (`(b, 0)`, what `processor(text="")` gives with a tokenizer that adds no BOS) is no prompt:
+        the caption starts from `bos_token_id`."""
         input_ids = kwargs.pop("input_ids", inputs)
         if torch.is_tensor(input_ids) and not input_ids.is_floating_point():
-            input_ids, kwargs["attention_mask"] = self.caption_prompt(input_ids, kwargs.get("attention_mask"))
+            generation_config = kwargs.get("generation_config") or self.generation_config
+            bos = kwargs.get("bos_token_id", generation_config.bos_token_id)
+            if input_ids.ndim == 2 and input_ids.shape[0] and not input_ids.shape[1]:
+                mask = kwargs.pop("attention_mask", None)
+                if mask is not None and tuple(mask.shape) != tuple(input_ids.shape):
+                    raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                                     f"got {tuple(mask.shape)}")
+                input_ids = torch.full((input_ids.shape[0], 1), self._prompt_bos(bos, input_ids),
+                                       dtype=input_ids.dtype, device=input_ids.device)
+            else:
+                input_ids, kwargs["attention_mask"] = self.caption_prompt(input_ids, kwargs.get("attention_mask"),
+                                                                          bos_token_id=bos)
         return super().generate(input_ids, *args, **kwargs)
 
-    def caption_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    def _prompt_bos(self, bos_token_id, input_ids, row: int | None = None) -> int:
+        """The BOS an empty prompt starts from, or a ValueError naming `bos_token_id`."""
+        if bos_token_id is None:
+            bos_token_id = self.config.text_config.bos_token_id
+        if bos_token_id is None:
+            which = (f"input_ids row {row} has no unpadded token" if row is not None
+                     else f"input_ids has shape {tuple(input_ids.shape)}")
+            raise ValueError(
+                f"empty prompt ({which}): a caption without a prompt starts from bos_token_id, which is not set; "
+                "set generation_config.bos_token_id (or pass bos_token_id=...) or give every row a prompt"
+            )
+        return int(bos_token_id)
+
+    def caption_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       bos_token_id: int | None = None):
         """`(b, n)` prompt -> `(b, n)` ids and attention mask a caption continues: a trailing EOS is dropped
         (open_clip's tokenizer ends every text with `<end_of_text>`, after which nothing was trained) and the rows
-        are padded on the left, so each continues its own last token (a processor pads on the right)."""
+        are padded on the left, so each continues its own last token (a processor pads on the right). A row with
+        no unpadded token (an empty prompt of a tokenizer that adds no BOS) becomes `[bos_token_id]` (default:
+        the generation config's)."""
         eos = self.generation_config.eos_token_id
         eos = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+        if bos_token_id is None:
+            bos_token_id = self.generation_config.bos_token_id
         pad = self.config.text_config.pad_token_id or 0
         real = self._padding_mask(input_ids, attention_mask)
         real = torch.ones_like(input_ids, dtype=torch.bool) if real is None else real.bool()
@@ -507,6 +538,8 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
             tokens = input_ids[row][real[row]]
             if len(tokens) > 1 and int(tokens[-1]) in eos:
                 tokens = tokens[:-1]
+            if not len(tokens) and input_ids.shape[1]:
+                tokens = input_ids.new_tensor([self._prompt_bos(bos_token_id, input_ids, row)])
             if len(tokens):
                 ids[row, -len(tokens):], mask[row, -len(tokens):] = tokens, 1
         if attention_mask is None and bool(mask.all()):

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 from transformers import CLIPImageProcessorPil, ProcessorMixin
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers.utils import to_py_obj
 
 from ...clip_bpe import OPEN_CLIP_SPECIAL_TOKENS, clip_tokenizer_from_bpe, fill_padding
 
@@ -56,6 +57,13 @@ class CocaProcessor(ProcessorMixin):
 
     Text is padded to the longest sequence (open_clip pads to the context length: pass
     `padding="max_length"` for identical ids); captions decode with `batch_decode(..., skip_special_tokens=True)`.
+
+    `decode`, `batch_decode` and `post_process_image_text_to_text` (what the image-text-to-text pipeline calls)
+    drop a row's padding first: the pad ids it starts with when a BOS follows them (`CocaModel.generate` left-pads
+    the prompts) and the pad ids it ends with when they follow an EOS (a processor's right padding, generate()'s
+    filler after a row has finished). open_clip pads with id 0, an ordinary token of the CLIP BPE ("!") that
+    `skip_special_tokens` keeps. Rows without BOS (e.g. the new tokens `out[:, n:]`) keep their start as it is,
+    and a pad id anywhere else is text.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, text_pad_id: int | None = None, **kwargs):
@@ -71,6 +79,53 @@ class CocaProcessor(ProcessorMixin):
         if self.text_pad_id is not None and "attention_mask" in out:
             fill_padding(out, self.text_pad_id)
         return out
+
+    # -- decoding ------------------------------------------------------------------------------------------
+    @property
+    def _padding_id(self) -> int | None:
+        """The id padding carries: `text_pad_id` when set (open_clip's 0), else the tokenizer's pad id."""
+        return self.text_pad_id if self.text_pad_id is not None else getattr(self.tokenizer, "pad_token_id", None)
+
+    def strip_padding(self, token_ids):
+        """`token_ids` (one sequence or a batch: tensor, array or lists) -> python lists without each row's
+        leading pad ids when BOS follows them and trailing pad ids when they follow EOS (see the class docstring)."""
+        token_ids = to_py_obj(token_ids)
+        if not isinstance(token_ids, (list, tuple)) or not token_ids:
+            return token_ids
+        if isinstance(token_ids[0], (list, tuple)):
+            return [self._strip_row(list(row)) for row in token_ids]
+        return self._strip_row(list(token_ids))
+
+    def _strip_row(self, row: list[int]) -> list[int]:
+        pad = self._padding_id
+        if pad is None:
+            return row
+        bos, eos = getattr(self.tokenizer, "bos_token_id", None), getattr(self.tokenizer, "eos_token_id", None)
+        start, end = 0, len(row)
+        while start < end and row[start] == pad:
+            start += 1
+        if start == end or bos is None or row[start] != bos or bos == pad:
+            start = 0
+        stop = end
+        while stop > start and row[stop - 1] == pad:
+            stop -= 1
+        if stop == start or eos is None or row[stop - 1] != eos or eos == pad:
+            stop = end
+        return row[start:stop]
+
+    def decode(self, token_ids, *args, **kwargs):
+        """The tokenizer's `decode` (one sequence or a batch) after `strip_padding`."""
+        return super().decode(self.strip_padding(token_ids), *args, **kwargs)
+
+    def batch_decode(self, sequences, *args, **kwargs):
+        """The tokenizer's `batch_decode` after `strip_padding`."""
+        return super().batch_decode(self.strip_padding(sequences), *args, **kwargs)
+
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs):
+        """`generate()` output `(b, n)` or `(n,)` -> text, without the padding (what the image-text-to-text
+        pipeline decodes both the prompts and the generated sequences with)."""
+        return super().post_process_image_text_to_text(self.strip_padding(generated_outputs),
+                                                       skip_special_tokens=skip_special_tokens, **kwargs)
 
     @classmethod
     def from_open_clip(cls, image_size: int = 224, context_length: int = 76, bpe_path: str | Path | None = None):

@@ -108,6 +108,7 @@ class XClipConfig(PreTrainedConfig):
 
     Example:
     ```python
+    >>> from hf_mm.models.x_clip import XClipConfig, XClipModel
     >>> config = XClipConfig(text_config={"vocab_size": 100}, projection_dim=32, use_all_token_embeds=True)
     >>> XClipModel(config)
     ```

@@ -351,3 +351,22 @@ def test_processor_drops_token_type_ids_of_bert_style_tokenizers(tmp_path):
     torch.manual_seed(0)
     model = CocaModel(tiny_coca_config()).eval()
     assert model.generate(**inputs, max_new_tokens=2).shape == (1, inputs["input_ids"].shape[1] + 2)
+
+
+def _docstring_example(cls) -> str:
+    lines = [line.strip() for line in cls.__doc__.splitlines()]
+    return "\n".join(line[4:] for line in lines if line.startswith((">>> ", "... ")))
+
+
+@pytest.mark.parametrize("path", ["hf_mm.models.coca.CocaConfig", "hf_mm.models.coca.CocaTextConfig",
+                                  "hf_mm.models.x_clip.XClipConfig"])
+def test_config_docstring_example_runs_as_pasted(path):
+    """The `>>>` example runs in a fresh namespace, as a user pastes it (it imported CocaConfig from `hf_mm`, which
+    does not export it; XClipConfig's used XClipModel without importing it)."""
+    import importlib
+
+    module, name = path.rsplit(".", 1)
+    code = _docstring_example(getattr(importlib.import_module(module), name))
+    assert code
+    with torch.device("meta"):  # CocaConfig() is ViT-B/32 sized
+        exec(compile(code, path, "exec"), {})
