@@ -7,7 +7,9 @@
 - outputs index the codebook: `sequences`, `scores` / `logits` (image-code columns only) and what a `streamer` gets;
 - `cond_scale` runs the null-text branch in the same batched, cached forward (see `DalleForImageGeneration`);
 - priming: the first `num_init_img_tokens` codes of `init_image` are appended to the prompt;
-- `generate_images` decodes with the dVAE, optionally reranks with a contrastive model, and returns PIL images.
+- `generate_images` decodes with the dVAE, optionally reranks with a contrastive model, and returns PIL images;
+- options that cannot drive DALL-E's fixed-length image decoding (assisted decoding, transformers' CFG, chunked
+  prefill, static caches) are refused by name before any forward pass (`UNSUPPORTED_GENERATE_OPTIONS`).
 """
 
 import copy
@@ -53,6 +55,49 @@ class ImageCodeStreamer(BaseStreamer):
 
     def end(self) -> None:
         self.streamer.end()
+
+
+# generate() options DALL-E's image decoding cannot run: (name, values that leave it off, why). Checked up front
+# (they used to fail deep inside: in a draft model's generate(), or with an input_ids shape error in forward())
+_WHOLE_IMAGE = ("DALL-E's generate() always produces the whole image and returns its codebook indices, not the "
+                "few token ids a draft needs")
+UNSUPPORTED_GENERATE_OPTIONS = (
+    ("assistant_model", (None,), f"assisted decoding drafts a few tokens at a time with the assistant's generate(); "
+                                 f"{_WHOLE_IMAGE}"),
+    ("assistant_early_exit", (None,), f"it drafts with the model's own early layers through its generate(); "
+                                      f"{_WHOLE_IMAGE}"),
+    ("prompt_lookup_num_tokens", (None,), "prompt lookup drafts tokens copied from the prompt, which can run past "
+                                          "the image's last position (image_seq_len); decode without it"),
+    ("use_mtp", (None, False), "DALL-E has no multi-token prediction layers to draft with"),
+    ("guidance_scale", (None, 1), "transformers' classifier-free guidance runs its unconditional pass on the last "
+                                  "token alone, while DALL-E needs the whole text prompt; use cond_scale, DALL-E's "
+                                  "own guidance (a null-text branch in the same cached forward)"),
+    ("prefill_chunk_size", (None,), "the text prompt (text_seq_len ids, bos and per-position pads) must reach "
+                                    "forward() in one piece; leave it unset"),
+    ("cache_implementation", (None, "dynamic"), "DALL-E's cache is a lazily grown DynamicCache (attention keys/values "
+                                                "and, with shift_tokens, the token-shift history in extra slots); "
+                                                "leave cache_implementation unset"),
+    ("is_assistant", (None, False), f"it cannot be another model's assistant_model, since {_WHOLE_IMAGE}"),
+)
+
+
+def _requested(name: str, kwargs: dict, *configs):
+    """The value generate() will use for `name`, with transformers' precedence: a kwarg (even None), else the first
+    of `configs` (the `generation_config=` argument, then `model.generation_config`) that sets it."""
+    if name in kwargs:
+        return kwargs[name]
+    return next((value for config in configs if (value := getattr(config, name, None)) is not None), None)
+
+
+def check_supported_generate_options(model_name: str, kwargs: dict, model_generation_config) -> None:
+    """Refuse `UNSUPPORTED_GENERATE_OPTIONS` set in `kwargs`, `kwargs["generation_config"]` or
+    `model_generation_config`, naming the option and why."""
+    for name, off, reason in UNSUPPORTED_GENERATE_OPTIONS:
+        value = _requested(name, kwargs, kwargs.get("generation_config"), model_generation_config)
+        if value in off:
+            continue
+        shown = name if isinstance(value, torch.nn.Module) else f"{name}={value!r}"
+        raise ValueError(f"{shown} is not supported by {model_name}.generate(): {reason}")
 
 
 @dataclass
@@ -127,6 +172,7 @@ class DalleGenerationMixin:
         """
         if generation_mode != "image":
             raise ValueError(f"generation_mode must be 'image' (DALL-E only outputs images), got {generation_mode!r}")
+        check_supported_generate_options(type(self).__name__, kwargs, self.generation_config)
         config = self.config
         forced = {}  # DALL-E's own generation settings, applied like the caller's kwargs
         if filter_thres is not None:

@@ -331,3 +331,89 @@ def test_rerank_scores_each_image_against_its_prompt_and_sorts_per_prompt():
 def _per_prompt_order(scores, k):
     """Indices sorting each consecutive group of `k` scores best first, groups kept in place."""
     return torch.cat([group.argsort(descending=True) + i * k for i, group in enumerate(scores.split(k))])
+
+
+# generate() options that DALL-E's fixed-length image decoding cannot use: each is refused before any forward pass,
+# by name and with the reason (they used to fail deep inside, e.g. assistant_model with an error about a
+# `max_new_tokens` the caller never passed, guidance_scale / prefill_chunk_size with an input_ids shape error)
+UNSUPPORTED_OPTIONS = {
+    "assistant_model": (lambda model: model, r"assistant_model is not supported by DalleForImageGeneration\.generate"
+                        r"\(\): .*whole image.*codebook indices"),
+    "assistant_early_exit": (lambda model: 1, r"assistant_early_exit=1 is not supported .*whole image"),
+    "prompt_lookup_num_tokens": (lambda model: 3, r"prompt_lookup_num_tokens=3 is not supported .*image_seq_len"),
+    "use_mtp": (lambda model: True, r"use_mtp=True is not supported .*multi-token"),
+    "guidance_scale": (lambda model: 3.0, r"guidance_scale=3\.0 is not supported .*use cond_scale"),
+    "prefill_chunk_size": (lambda model: 2, r"prefill_chunk_size=2 is not supported .*text prompt .*one piece"),
+}
+
+
+def _count_forward_calls(model):
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED_OPTIONS))
+@pytest.mark.parametrize("batch", [1, 2])
+def test_unsupported_generate_options_are_refused_by_name_up_front(name, batch):
+    model = tiny_model()
+    value, message = UNSUPPORTED_OPTIONS[name]
+    calls = _count_forward_calls(model)
+    with pytest.raises(ValueError, match=message) as error:
+        model.generate(text_ids(model.config, batch=batch), do_sample=False, **{name: value(model)})
+    assert "max_new_tokens" not in str(error.value) and not calls
+
+
+@pytest.mark.parametrize("source", ["generation_config", "model.generation_config"])
+@pytest.mark.parametrize("name,value", [("guidance_scale", 2.0), ("prompt_lookup_num_tokens", 3),
+                                        ("prefill_chunk_size", 2)])
+def test_unsupported_options_in_a_generation_config_are_refused_too(source, name, value):
+    """transformers' precedence holds: kwargs > `generation_config=` > `model.generation_config`."""
+    from transformers import GenerationConfig
+
+    model = tiny_model()
+    text = text_ids(model.config, batch=1)
+    config = GenerationConfig(do_sample=False, **{name: value})
+    kwargs = {}
+    if source == "generation_config":
+        kwargs["generation_config"] = config
+    else:
+        model.generation_config = config
+    with pytest.raises(ValueError, match=rf"{name}={value} is not supported"):
+        model.generate(text, **kwargs)
+    unset = model.generate(text, **kwargs, **{name: None})  # a kwarg unsets it
+    assert torch.equal(unset, _greedy(tiny_model(), text))
+
+
+def test_options_that_change_nothing_still_run():
+    """guidance_scale=1 (no guidance) and cache_implementation='dynamic' (DALL-E's own cache) are accepted."""
+    model = tiny_model()
+    text = text_ids(model.config)
+    greedy = _greedy(model, text)
+    assert torch.equal(model.generate(text, do_sample=False, guidance_scale=1.0), greedy)
+    assert torch.equal(model.generate(text, do_sample=False, cache_implementation="dynamic"), greedy)
+
+
+@pytest.mark.parametrize("cache_implementation", ["static", "offloaded"])
+def test_static_cache_refusal_describes_dalle_cache(cache_implementation):
+    """DALL-E has no cross-attention: the message names what its lazily grown cache holds."""
+    model = tiny_model()
+    with pytest.raises(ValueError, match=rf"cache_implementation='{cache_implementation}' is not supported by "
+                                         r"DalleForImageGeneration.*token-shift history") as error:
+        model.generate(text_ids(model.config), cache_implementation=cache_implementation)
+    assert "cross-attention" not in str(error.value)
+
+
+def test_dalle_cannot_be_another_models_assistant():
+    """A main model with DALL-E's vocabulary size would draft through DALL-E's generate(): refused by name."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dalle = tiny_model()
+    torch.manual_seed(0)
+    main = LlamaForCausalLM(LlamaConfig(vocab_size=dalle.config.vocab_size, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                        pad_token_id=0, bos_token_id=1, eos_token_id=2)).eval()
+    with pytest.raises(ValueError, match=r"is_assistant=True is not supported .*cannot be another model's "
+                                         r"assistant_model") as error:
+        main.generate(torch.tensor([[1, 5, 6, 7, 8]]), assistant_model=dalle, do_sample=False, max_new_tokens=4)
+    assert "max_new_tokens" not in str(error.value)
