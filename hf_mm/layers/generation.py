@@ -66,3 +66,28 @@ class CrossAttentionCacheMixin:
     @staticmethod
     def new_cache() -> EncoderDecoderCache:
         return EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+
+def cap_candidates_to_max_length(candidate_generator, max_length: int):
+    """Makes `candidate_generator.get_candidates` (assisted / prompt-lookup decoding) propose no token past
+    `max_length - 1`, and returns the generator.
+
+    The main model verifies `input + candidates` in one forward and adds one token of its own, so nothing beyond
+    `max_length - 1` can be kept (`_assisted_decoding` crops the accepted tokens to `max_length`). transformers'
+    `PromptLookupCandidateGenerator` caps an index into the prompt, not the total length, and can propose tokens past
+    it: a model with a bounded position table then fails in that forward. Cropping changes no accepted token (the
+    logits at earlier positions do not depend on later ones). Candidate logits, when given, are cropped alike.
+    """
+    get_candidates = candidate_generator.get_candidates
+
+    def capped_get_candidates(input_ids, *args, **kwargs):
+        candidate_ids, candidate_logits = get_candidates(input_ids, *args, **kwargs)
+        keep = max(max_length - 1, input_ids.shape[1])
+        if candidate_ids.shape[1] > keep:
+            candidate_ids = candidate_ids[:, :keep]
+            if candidate_logits is not None:
+                candidate_logits = candidate_logits[:, : keep - input_ids.shape[1]]
+        return candidate_ids, candidate_logits
+
+    candidate_generator.get_candidates = capped_get_candidates
+    return candidate_generator

@@ -19,6 +19,7 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from ...layers.contrastive import at_least_fp32
+from ...layers.generation import cap_candidates_to_max_length
 from ...layers import (
     AttentionalPooler,
     CrossAttentionCacheMixin,
@@ -489,10 +490,22 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
     def generate(self, inputs=None, *args, **kwargs):
         """`GenerationMixin.generate`; the prompt `input_ids` are first made a caption prefix (`caption_prompt`).
         An empty prompt (`(b, 0)`, what `processor(text="")` gives with a tokenizer that adds no BOS) is no prompt:
-        the caption starts from `bos_token_id`."""
+        the caption starts from `bos_token_id`. `guidance_scale` (classifier-free guidance) is refused: CoCa has no
+        image-free branch."""
         input_ids = kwargs.pop("input_ids", inputs)
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        guidance_scale = kwargs.get("guidance_scale", generation_config.guidance_scale)
+        if guidance_scale is not None and guidance_scale != 1:
+            raise ValueError(
+                f"guidance_scale={guidance_scale}: classifier-free guidance needs an unconditional (image-free) "
+                "caption, which CoCa has no branch for (its decoder always cross-attends to an image); leave "
+                "guidance_scale unset (or 1)"
+            )
+        if getattr(generation_config, "is_assistant", False):
+            # an assistant's call in assisted generation: input_ids are the running sequence, already a caption (a
+            # generated pad id in it is a real token, not padding to move), and its attention_mask is exact
+            return super().generate(input_ids, *args, **kwargs)
         if torch.is_tensor(input_ids) and not input_ids.is_floating_point():
-            generation_config = kwargs.get("generation_config") or self.generation_config
             bos = kwargs.get("bos_token_id", generation_config.bos_token_id)
             if input_ids.ndim == 2 and input_ids.shape[0] and not input_ids.shape[1]:
                 mask = kwargs.pop("attention_mask", None)
@@ -561,6 +574,13 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
                 )
         super()._validate_generated_length(generation_config, input_ids_length, has_default_max_length)
 
+    def _get_candidate_generator(self, generation_config, *args, **kwargs):
+        """transformers' candidate generator, proposing no token past `max_length - 1`: prompt-lookup candidates
+        could run past `max_length`, and a learned position table (`text_config.max_position_embeddings`, the cap of
+        `max_length`) made the forward over them fail with a position error."""
+        generator = super()._get_candidate_generator(generation_config, *args, **kwargs)
+        return cap_candidates_to_max_length(generator, generation_config.max_length)
+
     def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None,
                                       **model_kwargs):
         # the image inputs are checked first, so a malformed one is named as such (not as a batch mismatch)
@@ -570,6 +590,14 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, pixel_values=None, image_embeds=None,
                                       **kwargs):
         inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        ids = inputs.get("input_ids")
+        if inputs.get("attention_mask") is None and not past_length and ids is not None:
+            # generate() drops an all-ones mask (no padding): every token, generated or prompt, is real. Without a
+            # cache (use_cache=False) or on the prefill, forward would otherwise take `input_ids == pad_token_id` as
+            # padding (`_padding_mask`), so a generated pad id (open_clip's "!") would change every later step
+            # there and nowhere else. Once a cache holds tokens, no padding is derived and None stays all-ones.
+            inputs["attention_mask"] = torch.ones_like(ids, dtype=torch.long)
         context_cached = isinstance(past_key_values, EncoderDecoderCache) and bool(past_key_values.is_updated)
         if not context_cached:  # first step, or use_cache=False: the image (encoded once, see below) is needed
             if image_embeds is not None:

@@ -480,6 +480,14 @@ class FlamingoForConditionalGeneration(CrossAttentionCacheMixin, FlamingoPreTrai
             model_inputs.pop("pixel_values", None)
             model_inputs.pop("image_embeds", None)
             model_inputs["media_latents"] = media_latents
+        elif not self.model._cached_num_media(kwargs.get("past_key_values")):
+            # nothing encoded yet: the media are needed even on a call transformers does not count as the first
+            # iteration (an assistant model's prefill in assisted generation), where it drops pixel_values
+            for name in ("pixel_values", "image_embeds"):
+                if kwargs.get(name) is not None:
+                    model_inputs[name] = kwargs[name]
+        elif not is_first_iteration:  # encoded by an earlier call (the assistant's next round): the cache has them
+            model_inputs.pop("image_embeds", None)
         num_media = self._num_media(media_latents, kwargs)
         if num_media and input_ids is not None:
             if is_first_iteration:

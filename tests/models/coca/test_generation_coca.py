@@ -232,3 +232,141 @@ def test_no_padding_is_derived_when_the_pad_id_is_also_eos():
     ids = torch.tensor([[1, 5, 6, config.text_config.eos_token_id]])
     with torch.no_grad():
         assert torch.equal(model.get_text_features(ids), model.get_text_features(ids, attention_mask=torch.ones_like(ids)))
+
+
+class _ForceTokenAt:
+    """Logits processor: forces `token` as the token generated at sequence length `length`, forbids it elsewhere."""
+
+    def __init__(self, length, token):
+        self.length, self.token = length, token
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        if input_ids.shape[1] == self.length:
+            scores.fill_(-1e4)
+            scores[:, self.token] = 0.0
+        else:
+            scores[:, self.token] = -1e4
+        return scores
+
+
+GENERATED_PAD_STRATEGIES = {
+    "greedy": dict(do_sample=False),
+    "beams": dict(do_sample=False, num_beams=3, num_return_sequences=2),
+    "sampling": dict(do_sample=True, top_k=20, temperature=0.8),
+    "beam_sampling": dict(do_sample=True, num_beams=3),
+}
+
+
+@pytest.mark.parametrize("strategy", list(GENERATED_PAD_STRATEGIES))
+@pytest.mark.parametrize("family", ["coca", "coca_lucidrains"])
+def test_generated_pad_id_is_a_real_token_cached_equals_uncached(family, strategy):
+    """A generated pad id is a real token (for converted open_clip CoCa, pad id 0 is also the BPE token "!"):
+    generate() drops an all-ones attention_mask, so an uncached step must not re-derive padding from the pad id
+    (it did, and use_cache=False then diverged from use_cache=True after a generated pad)."""
+    import tiny_models as tm
+    from transformers import LogitsProcessorList
+
+    model = tm.build(family)
+    batch = tm.generate_inputs(family, model)
+    pad = model.config.text_config.pad_token_id
+    force = LogitsProcessorList([_ForceTokenAt(batch["input_ids"].shape[1] + 1, pad)])  # the 2nd new token
+    kw = dict(batch, max_new_tokens=6, min_new_tokens=6, logits_processor=force, return_dict_in_generate=True,
+              output_logits=True, **GENERATED_PAD_STRATEGIES[strategy])
+    runs = []
+    for cache in (True, False):
+        torch.manual_seed(7)
+        with torch.no_grad():
+            runs.append(model.generate(use_cache=cache, **kw))
+    cached, uncached = runs
+    assert (cached.sequences[:, batch["input_ids"].shape[1] + 1] == pad).all()
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for step, (a, b) in enumerate(zip(cached.logits, uncached.logits)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m, step=step: f"step {step}: {m}")
+    if strategy == "greedy":  # and a naive full-recompute decode that treats every token as real agrees
+        image = {k: v for k, v in batch.items() if k != "input_ids"}
+        seq = batch["input_ids"]
+        with torch.no_grad():
+            for _ in range(6):
+                logits = model(input_ids=seq, attention_mask=torch.ones_like(seq), **image).logits[:, -1]
+                seq = torch.cat((seq, force(seq, logits).argmax(-1, keepdim=True)), dim=1)
+        assert torch.equal(cached.sequences, seq)
+
+
+def test_explicit_all_ones_mask_keeps_prompt_pad_ids_as_tokens(tiny):
+    """An explicit all-ones attention_mask says every prompt token is real, also one with the pad id ("!" in
+    open_clip's vocabulary): generate() drops that mask, which must not turn the pad id into padding (cached or
+    not: the same tokens and logits as a naive decode with an explicit all-ones mask)."""
+    px, pad = _images(1, seed=4), tiny.config.text_config.pad_token_id
+    ids = torch.tensor([[1, pad, 9]])
+    kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=px, max_new_tokens=5,
+              min_new_tokens=5, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    runs = [tiny.generate(use_cache=cache, **kw) for cache in (True, False)]
+    seq, expected = ids, []
+    with torch.no_grad():
+        for _ in range(5):
+            expected.append(tiny(input_ids=seq, pixel_values=px, attention_mask=torch.ones_like(seq)).logits[:, -1])
+            seq = torch.cat((seq, expected[-1].argmax(-1, keepdim=True)), dim=1)
+    for run in runs:
+        assert torch.equal(run.sequences, seq)
+        for got, want in zip(run.logits, expected):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("prompt", "max_new_tokens"), [
+    ([1, 5, 6, 7, 8, 5, 6, 7, 8, 5], 2),  # the lookup proposes 3 tokens where 1 fits
+    ([1, 5, 6, 7, 8, 5, 6, 7, 8, 5, 6], 1),  # room for the model's own token only
+    ([1, 5, 6, 5, 6, 5, 6, 5], 4),
+])
+def test_prompt_lookup_near_the_position_limit_equals_greedy(prompt, max_new_tokens):
+    """transformers' prompt-lookup candidates can run past max_length; with a learned position table (12 here) the
+    forward over them used to fail with a position error. The candidates are cropped to what can be kept."""
+    import tiny_models as tm
+
+    model = tm.build("coca")
+    assert model.config.text_config.max_position_embeddings == 12
+    ids = torch.tensor([prompt])
+    px = tm.generate_inputs("coca", model)["pixel_values"][:1]
+    kw = dict(input_ids=ids, pixel_values=px, do_sample=False, max_new_tokens=max_new_tokens,
+              min_new_tokens=max_new_tokens)
+    plain = model.generate(**kw)
+    assert plain.shape[1] == len(prompt) + max_new_tokens
+    assert torch.equal(model.generate(prompt_lookup_num_tokens=3, **kw), plain)
+    # the default max_length (capped to the table) as well
+    kw.pop("max_new_tokens"), kw.pop("min_new_tokens")
+    assert torch.equal(model.generate(prompt_lookup_num_tokens=5, **kw), model.generate(**kw))
+
+
+def test_guidance_scale_is_refused_up_front(tiny):
+    """CoCa has no unconditional (image-free) branch for classifier-free guidance: guidance_scale is refused by name
+    (it used to fail inside transformers' CFG processor with "pass exactly one of pixel_values ...")."""
+    from transformers import GenerationConfig
+
+    with pytest.raises(ValueError, match="guidance_scale"):
+        tiny.generate(pixel_values=_images(), max_new_tokens=3, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        tiny.generate(pixel_values=_images(), generation_config=GenerationConfig(guidance_scale=1.5, max_new_tokens=3))
+    out = tiny.generate(pixel_values=_images(), max_new_tokens=3, min_new_tokens=3, guidance_scale=1.0)  # no-op
+    assert torch.equal(out, tiny.generate(pixel_values=_images(), max_new_tokens=3, min_new_tokens=3))
+
+
+@pytest.mark.parametrize("force_at", [None, 1, 3])  # the new token that is forced to be the pad id
+@pytest.mark.parametrize("family", ["coca", "coca_lucidrains"])
+def test_assisted_and_prompt_lookup_generation_equal_greedy_with_a_generated_pad(family, force_at):
+    """Assisted generation (batch 1) gives plain greedy's tokens, also after a generated pad id: the assistant's
+    generate() gets the running sequence, whose pad id is a real token (it used to be made padding and moved to the
+    front as a prompt's padding is, so the candidates were verified on a reordered sequence)."""
+    import tiny_models as tm
+    from transformers import LogitsProcessorList
+
+    model = tm.build(family)
+    batch = {k: v[:1] for k, v in tm.generate_inputs(family, model).items()}
+    pad, n = model.config.text_config.pad_token_id, batch["input_ids"].shape[1]
+    force = LogitsProcessorList([_ForceTokenAt(n + force_at, pad)] if force_at else [])
+    kw = dict(batch, do_sample=False, max_new_tokens=8, min_new_tokens=8, logits_processor=force)
+    plain = model.generate(**kw)
+    if force_at:
+        assert plain[0, n + force_at] == pad
+    for helper in (model, tm.build(family, seed=1)):
+        assert torch.equal(model.generate(assistant_model=helper, **kw), plain)
+    assert torch.equal(model.generate(prompt_lookup_num_tokens=2, **kw), plain)

@@ -262,3 +262,38 @@ def test_generated_media_tokens_cached_equals_uncached(immediate):
     assert (runs[0].sequences[:, 5:] == MEDIA).all() and torch.equal(runs[0].sequences, runs[1].sequences)
     for cached, uncached in zip(runs[0].logits, runs[1].logits):
         torch.testing.assert_close(cached, uncached, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("assistant", ["itself", "another"])
+@pytest.mark.parametrize("family", ["flamingo", "open_flamingo"])
+def test_assisted_generation_equals_greedy(family, assistant, monkeypatch):
+    """generate(assistant_model=...): transformers runs the assistant's prefill as a non-first iteration, which
+    dropped the media the assistant had not encoded yet (it failed with "0 media given ... pass pixel_values").
+    The media stay until the cross-attention K/V are cached, and the tokens are plain greedy's (batch 1). Each
+    model resamples the media once, although the assistant's generate() runs once per round."""
+    model = tiny_models.build(family)
+    helper = model if assistant == "itself" else tiny_models.build(family, seed=1)
+    prompt = {k: v[:1] for k, v in tiny_models.generate_inputs(family, model).items()}
+    kw = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, eos_token_id=None)
+    plain = model.generate(**prompt, **kw)
+    with torch.no_grad():
+        embeds = model.model.get_image_features(prompt["pixel_values"])
+    text = {k: v for k, v in prompt.items() if k != "pixel_values"}
+    encoded = []
+    for m in {id(model): model, id(helper): helper}.values():
+        original = m.model.get_media_latents
+        monkeypatch.setattr(m.model, "get_media_latents",
+                            lambda *a, _original=original, **k: encoded.append(1) or _original(*a, **k))
+    for media in (dict(prompt), dict(text, image_embeds=embeds)):  # pixels, and precomputed vision tokens
+        encoded.clear()
+        assert torch.equal(model.generate(**media, assistant_model=helper, **kw), plain)
+        assert len(encoded) == 2  # the main model's and the assistant's
+
+
+def test_assisted_generation_with_several_media_equals_greedy(model):
+    ids, px = _ids(1, 10, [1, 5]), _px(1, 2)
+    kw = dict(input_ids=ids, pixel_values=px, do_sample=False)
+    helper = tiny_model(seed=1)
+    plain = _gen(model, **kw)
+    assert torch.equal(_gen(model, assistant_model=model, **kw), plain)
+    assert torch.equal(_gen(model, assistant_model=helper, **kw), plain)
