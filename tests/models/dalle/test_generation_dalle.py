@@ -154,17 +154,22 @@ def test_generate_rejects_bad_guidance_and_priming_arguments():
     assert torch.equal(model.generate(text, cond_scale=torch.tensor(2.0), do_sample=False), expected)
 
 
-def test_reranking_with_hf_mm_x_clip():
+def tiny_x_clip_for(model, **overrides):
+    """A random tiny x-clip over `model`'s text vocabulary and image size (a reranker)."""
     from hf_mm.models.x_clip import XClipConfig, XClipModel
 
-    model = tiny_model()
-    size = model.config.vae_config.image_size
     tower = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, head_dim=16)
     torch.manual_seed(0)
-    clip = XClipModel(XClipConfig(
+    return XClipModel(XClipConfig(
         text_config=dict(vocab_size=model.config.num_text_tokens, max_position_embeddings=16, **tower),
-        vision_config=dict(image_size=size, patch_size=8, patch_dropout=0.0, **tower), projection_dim=16,
+        vision_config=dict(image_size=model.config.vae_config.image_size, patch_size=8, patch_dropout=0.0, **tower),
+        projection_dim=16, **overrides,
     )).eval()
+
+
+def test_reranking_with_hf_mm_x_clip():
+    model = tiny_model()
+    clip = tiny_x_clip_for(model)
     text = text_ids(model.config, batch=3)
     torch.manual_seed(0)
     plain = model.generate_images(text, filter_thres=0.0, num_return_sequences=2)
@@ -192,17 +197,8 @@ def test_reranker_with_token_level_features_is_rejected_clearly():
     """x-clip with use_all_token_embeds (FILIP) returns token features (b, n, l) / (b, p, l): the cosine score needs
     one pooled vector per text and per image, so the reranker is refused with a ValueError naming the shapes
     (it used to fail inside the score with a broadcasting RuntimeError)."""
-    from hf_mm.models.x_clip import XClipConfig, XClipModel
-
     model = tiny_model()
-    size = model.config.vae_config.image_size
-    tower = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, head_dim=16)
-    torch.manual_seed(0)
-    filip = XClipModel(XClipConfig(
-        text_config=dict(vocab_size=model.config.num_text_tokens, max_position_embeddings=16, **tower),
-        vision_config=dict(image_size=size, patch_size=8, patch_dropout=0.0, **tower), projection_dim=16,
-        use_all_token_embeds=True,
-    )).eval()
+    filip = tiny_x_clip_for(model, use_all_token_embeds=True)
     text = text_ids(model.config, batch=2)
     with pytest.raises(ValueError, match=r"reranker .*pooled .*get_text_features returned shape \(4, \d+, 16\) "
                                          r"and get_image_features \(4, \d+, 16\).*use_all_token_embeds"):
