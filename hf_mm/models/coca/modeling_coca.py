@@ -431,23 +431,28 @@ class CocaModel(CrossAttentionCacheMixin, CocaPreTrainedModel, GenerationMixin):
             needed=text_needed,
         )
 
-        out = CocaOutput(past_key_values=past_key_values if use_cache else None, image_hidden_states=image_tokens)
+        text_embeds = image_embeds = logits_per_image = logits_per_text = logits = None
         if cls is not None:
-            out.text_embeds = F.normalize(self.text_projection(cls), dim=-1)
-            out.image_embeds = F.normalize(self.visual_projection(pooled), dim=-1)
-            scale = self.logit_scale()
-            out.logits_per_image, out.logits_per_text = contrastive_logits(out.image_embeds, out.text_embeds, scale)
+            text_embeds = F.normalize(self.text_projection(cls), dim=-1)
+            image_embeds = F.normalize(self.visual_projection(pooled), dim=-1)
+            logits_per_image, logits_per_text = contrastive_logits(image_embeds, text_embeds, self.logit_scale())
 
         if context is None or context.shape[0] * sequences_per_image == input_ids.shape[0] or context_cached:
-            out.logits = self._decode(tokens, decoder_mask, position_ids, context, past_key_values, logits_to_keep,
-                                      decoder_rows, logit_rows)
+            logits = self._decode(tokens, decoder_mask, position_ids, context, past_key_values, logits_to_keep,
+                                  decoder_rows, logit_rows)
 
+        loss = caption_loss = contrastive = None
         if return_loss:
-            out.caption_loss = self._caption_loss(out.logits, targets)
-            out.contrastive_loss = contrastive_loss(out.image_embeds, out.text_embeds, self.logit_scale())
-            out.loss = (self.config.caption_loss_weight * out.caption_loss
-                        + self.config.contrastive_loss_weight * out.contrastive_loss)
-        return out
+            caption_loss = self._caption_loss(logits, targets)
+            contrastive = contrastive_loss(image_embeds, text_embeds, self.logit_scale())
+            loss = self.config.caption_loss_weight * caption_loss + self.config.contrastive_loss_weight * contrastive
+        # built once, so the fields (and return_dict=False's tuple) come in the declared order: the loss first
+        return CocaOutput(
+            loss=loss, contrastive_loss=contrastive, caption_loss=caption_loss, logits=logits,
+            logits_per_image=logits_per_image, logits_per_text=logits_per_text, image_embeds=image_embeds,
+            text_embeds=text_embeds, past_key_values=past_key_values if use_cache else None,
+            image_hidden_states=image_tokens,
+        )
 
     @staticmethod
     def _decoder_mask(attention_mask, n: int):

@@ -321,6 +321,19 @@ def test_config_return_dict_false_gives_the_output_tuple():
     assert isinstance(tup, tuple) and torch.equal(tup[0], out.to_tuple()[0])
 
 
+def test_outputs_come_in_declared_order_loss_first():
+    """Trainer (and `outputs[0]` users) read the loss as the first field, also from return_dict=False's tuple."""
+    torch.manual_seed(0)
+    model = CocaModel(tiny_coca_config()).eval()
+    batch = _batch(cfg=model.config)
+    with torch.no_grad():
+        out = model(**batch, return_loss=True)
+        tup = model(**batch, return_loss=True, return_dict=False)
+    assert list(out.keys()) == [k for k in type(out).__dataclass_fields__ if out.get(k) is not None]
+    assert list(out.keys())[:4] == ["loss", "contrastive_loss", "caption_loss", "logits"]
+    assert torch.equal(out[0], out.loss) and torch.equal(tup[0], out.loss) and tup[0].ndim == 0
+
+
 def test_the_default_config_builds_the_vit_b_32_model_and_embeds_only_configs_stay_embeds_only(tmp_path):
     """transformers convention: `CocaConfig()` is a buildable default (AutoModel.from_config(AutoConfig.for_model))."""
     from transformers import AutoConfig, AutoModel
