@@ -119,7 +119,9 @@ class HfMmPreTrainedModel(PreTrainedModel):
     def enable_input_require_grads(self):
         """transformers' hooks on the token embeddings of every PreTrainedModel inside, plus the patch embedding of
         every vision tower (plain modules here, which transformers does not see): with reentrant activation
-        checkpointing, trainable weights inside a frozen vision tower (LoRA) would otherwise get no gradient."""
+        checkpointing, trainable weights inside a frozen vision tower (LoRA) would otherwise get no gradient. Hooks
+        of an earlier call are removed first, so enabling twice and disabling once leaves none."""
+        self.disable_input_require_grads()
         super().enable_input_require_grads()
 
         def make_output_require_grad(module, inputs, output):

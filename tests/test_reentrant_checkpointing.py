@@ -44,7 +44,10 @@ def test_disable_input_require_grads_removes_the_vision_hooks():
     model = tm.build("coca").requires_grad_(False)
     pixels = torch.randn(1, 3, 16, 16)
     model.enable_input_require_grads()
+    model.enable_input_require_grads()  # twice: the first call's hooks are replaced, not kept beside
     assert len(model._require_grads_hooks) == 2  # token embedding + the vision tower's patch embedding
     assert model.vision_model.patch_embedding(pixels).requires_grad
     model.disable_input_require_grads()
     assert not model.vision_model.patch_embedding(pixels).requires_grad
+    tokens = torch.tensor([[1, 5, 6]])
+    assert not model.get_input_embeddings()(tokens).requires_grad
