@@ -24,7 +24,7 @@ from .common import (
     normalisation_note, read_json_argument, square_image_processor,
 )
 from .lucidrains import convert_bias_free_layernorm, convert_fused_kv_attention, convert_parallel_block
-from .vit_pytorch import check_vit_extractor, convert_vit_pytorch
+from .vit_pytorch import convert_vit_extractor
 
 
 def _dims(ref) -> tuple[int, int, int]:
@@ -68,8 +68,7 @@ def convert(reference_model, **config_overrides) -> CocaModel:
     heads, dim_head, _ = _dims(ref)
     vision = None
     if ref.img_encoder is not None:
-        check_vit_extractor(ref.img_encoder)
-        vision = convert_vit_pytorch(conv, "img_encoder.vit", "vision_model", ref.img_encoder.vit)
+        vision = convert_vit_extractor(conv, "img_encoder", "vision_model", ref.img_encoder)
     config = build_config(ref, vision, **config_overrides)
 
     conv.move("text_cls_token", "text_model.cls_embedding")

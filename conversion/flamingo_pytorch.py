@@ -25,7 +25,7 @@ from .common import (
 from .lucidrains import (
     convert_bias_free_layernorm, convert_gated_cross_attention, convert_parallel_block, convert_perceiver_layers,
 )
-from .vit_pytorch import check_square_image, check_vit_extractor, convert_vit_pytorch
+from .vit_pytorch import check_square_image, convert_vit_extractor
 
 
 def config_from_reference(ref, vision_kwargs: dict) -> FlamingoConfig:
@@ -57,7 +57,7 @@ def config_from_reference(ref, vision_kwargs: dict) -> FlamingoConfig:
 
 
 def convert_state_dict(conv: StateDictConverter, ref, config: FlamingoConfig) -> None:
-    """Map every `FlamingoPaLM` tensor (except the ViT's, see `convert_vit_pytorch`) onto hf_mm names."""
+    """Map every `FlamingoPaLM` tensor (except the ViT's, see `convert_vit_extractor`) onto hf_mm names."""
     text = config.text_config
     conv.move("token_emb.weight", "model.embed_tokens.weight")
     conv.alias("to_logits.1.weight", "token_emb.weight")
@@ -76,8 +76,7 @@ def convert_state_dict(conv: StateDictConverter, ref, config: FlamingoConfig) ->
 def convert(reference_model, state_dict: dict | None = None) -> FlamingoForConditionalGeneration:
     """`FlamingoPaLM` (instance; optionally weights from `state_dict`) -> `FlamingoForConditionalGeneration` (eval)."""
     conv = StateDictConverter(state_dict if state_dict is not None else reference_model.state_dict())
-    check_vit_extractor(reference_model.img_encoder)
-    vision_kwargs = convert_vit_pytorch(conv, "img_encoder.vit", "model.vision_model", reference_model.img_encoder.vit)
+    vision_kwargs = convert_vit_extractor(conv, "img_encoder", "model.vision_model", reference_model.img_encoder)
     config = config_from_reference(reference_model, vision_kwargs)
     convert_state_dict(conv, reference_model, config)
     model = FlamingoForConditionalGeneration(config)

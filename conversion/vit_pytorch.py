@@ -33,12 +33,23 @@ def check_vit_extractor(encoder) -> None:
         raise ValueError(f"img_encoder: only vit_pytorch.ViT is supported (in the Extractor), "
                          f"got {_qualified_name(encoder.vit)}")
     only = "only the output of vit.transformer (the Extractor default) is converted"
-    if encoder.layer is not None:
+    if encoder.layer is not None and encoder.layer is not encoder.vit.transformer:
         raise ValueError(f"img_encoder: Extractor(layer={type(encoder.layer).__name__}) is not supported: {only}")
-    if encoder.layer_name != "transformer":
+    if encoder.layer is None and encoder.layer_name != "transformer":
         raise ValueError(f"img_encoder: Extractor(layer_name={encoder.layer_name!r}) is not supported: {only}")
     if encoder.layer_save_input:
         raise ValueError(f"img_encoder: Extractor(layer_save_input=True) is not supported: {only}")
+
+
+def convert_vit_extractor(conv: StateDictConverter, src_prefix: str, dst_prefix: str, encoder) -> dict:
+    """`check_vit_extractor`, then `convert_vit_pytorch` on `encoder.vit` (at `{src_prefix}.vit`). An Extractor
+    given `layer=vit.transformer` saves that module twice (also under `{src_prefix}.layer`): those copies must equal
+    the transformer's tensors."""
+    check_vit_extractor(encoder)
+    if encoder.layer is not None:
+        for key in conv.keys_matching(re.escape(f"{src_prefix}.layer.") + ".*"):
+            conv.alias(key, key.replace(f"{src_prefix}.layer.", f"{src_prefix}.vit.transformer.", 1))
+    return convert_vit_pytorch(conv, f"{src_prefix}.vit", dst_prefix, encoder.vit)
 
 
 def convert_vit_pytorch(conv: StateDictConverter, src_prefix: str, dst_prefix: str, vit_module) -> dict:

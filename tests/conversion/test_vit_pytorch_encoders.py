@@ -74,3 +74,19 @@ def test_supported_extractor_options_pass_the_check(detach):
     vit_pytorch, Extractor = _vit_pytorch()
     check_vit_extractor(Extractor(vit_pytorch.ViT(**VIT), detach=detach))
     check_vit_extractor(Extractor(vit_pytorch.ViT(**VIT), return_embeddings_only=True, detach=detach))
+
+
+@pytest.mark.parametrize("family", [_coca, _flamingo], ids=["coca_pytorch", "flamingo_pytorch"])
+def test_extractor_hooked_on_the_transformer_itself_converts(family):
+    """`layer=vit.transformer` hooks the very module the default `layer_name` does: same image tokens."""
+    vit_pytorch, Extractor = _vit_pytorch()
+    torch.manual_seed(0)
+    vit = vit_pytorch.ViT(**VIT)
+    ref, convert = family(Extractor(vit, return_embeddings_only=True, layer=vit.transformer))
+    model = convert(ref.eval())
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = ref.img_encoder(images)
+        tokens = model.vision_model(images) if hasattr(model, "vision_model") else model.model.vision_model(images)
+    assert (tokens - expected).abs().max() <= 1e-5
