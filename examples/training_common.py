@@ -14,6 +14,8 @@ Under torchrun every process runs the same script; `TrainingArguments` then sele
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import json
 import os
 import time
@@ -32,8 +34,11 @@ IGNORE_INDEX = -100
 
 # ----------------------------------------------------------------------------------------------- tokenizer, data
 def word_tokenizer(words: list[str], max_length: int = 32, extra_special_tokens: tuple[str, ...] = (),
-                   padding_side: str = "right") -> PreTrainedTokenizerFast:
+                   padding_side: str = "right", tokenizer_class: type = PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
     """Whitespace word-level tokenizer; `[BOS]` is prepended to every text, so `text=""` encodes to `[BOS]`.
+
+    tokenizer_class: the fast tokenizer class that wraps it (and is saved as its `tokenizer_class`), e.g. x-clip's
+        `XClipBackendTokenizer`, which truncates to `max_length` by default.
 
     Ids: `[PAD]` 0, `[BOS]` 1, `[EOS]` 2, `[UNK]` 3, then `extra_special_tokens` (kept whole, e.g. `<image>`),
     then `words`. `[EOS]` is not appended automatically (a prompt must not end in it): training texts carry it
@@ -46,7 +51,7 @@ def word_tokenizer(words: list[str], max_length: int = 32, extra_special_tokens:
     tok.post_processor = processors.TemplateProcessing(
         single="[BOS] $A", pair="[BOS] $A $B", special_tokens=[("[BOS]", vocab["[BOS]"])]
     )
-    return PreTrainedTokenizerFast(
+    return tokenizer_class(
         tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]", unk_token="[UNK]",
         additional_special_tokens=list(extra_special_tokens) or None, model_max_length=max_length,
         padding_side=padding_side,
@@ -100,6 +105,59 @@ def load_datasets(args):
 
 
 # ------------------------------------------------------------------------------------------- command line, run
+def json_object(text: str) -> dict:
+    """argparse `type=` for a JSON object option (e.g. `--config-overrides`): anything else is a usage error."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"use_mlm\": true}}', "
+                                         f"got a JSON {type(value).__name__}: {text!r}")
+    return value
+
+
+def config_field_names(config_class) -> tuple[list[str], set[str]]:
+    """-> (the class's own fields, in order; every field it accepts, the base `PreTrainedConfig` ones included)."""
+    from transformers import PreTrainedConfig
+
+    base = {f.name for f in dataclasses.fields(PreTrainedConfig)}
+    every = [f.name for f in dataclasses.fields(config_class)]
+    return [name for name in every if name not in base], set(every)
+
+
+def check_config_keys(keys, config_class, where: str) -> None:
+    own, valid = config_field_names(config_class)
+    unknown = [key for key in keys if key not in valid]
+    if unknown:
+        hints = [f"{key!r} (did you mean {difflib.get_close_matches(key, own, n=1)[0]!r}?)"
+                 if difflib.get_close_matches(key, own, n=1) else repr(key) for key in unknown]
+        raise ValueError(f"unknown {config_class.__name__} field(s) in {where}: {', '.join(hints)}; "
+                         f"valid fields: {', '.join(own)}")
+
+
+def merge_config_overrides(defaults: dict, overrides: dict, config_class, sub_configs: dict | None = None) -> dict:
+    """`defaults` (the keyword arguments of `config_class`) updated with `overrides` (e.g. `--config-overrides`).
+
+    Unknown keys raise a `ValueError` naming them and the valid fields. A dict override of a sub-config named in
+    `sub_configs` (`{"text_config": XClipTextConfig, ...}`) is merged into its defaults (its keys checked against
+    that class), so `{"text_config": {"num_hidden_layers": 1}}` keeps the vocabulary size and token ids; one that
+    names a `model_type` replaces the sub-config whole (a different tower).
+    """
+    if not isinstance(overrides, dict):
+        raise ValueError(f"config overrides must be a JSON object (dict), got {type(overrides).__name__}")
+    check_config_keys(overrides, config_class, "--config-overrides")
+    merged = dict(defaults)
+    for key, value in overrides.items():
+        sub_class = (sub_configs or {}).get(key)
+        if sub_class is not None and isinstance(value, dict) and "model_type" not in value:
+            check_config_keys(value, sub_class, f"--config-overrides {key}")
+            merged[key] = {**(merged.get(key) or {}), **value}
+        else:
+            merged[key] = value
+    return merged
+
+
 def training_parser(doc: str, loss_weights: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """The options every example takes; `loss_weights` (config field names) become `--<name-with-dashes>`."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])

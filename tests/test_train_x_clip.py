@@ -95,3 +95,73 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert losses(two["log_history"]) == pytest.approx(losses(one["log_history"]), rel=1e-4)
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-4)
     assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
+
+
+# ------------------------------------------------------------------------- LiT with a side loss on the locked tower
+def test_lit_refuses_visual_ssl_which_would_train_the_locked_image_tower(tmp_path):
+    """x-clip's SimSiam/SimCLR pass encodes the images with gradients whatever `freeze_image_encoder` says (the
+    reference does the same), so `--lit` cannot keep its promise with `use_visual_ssl`: a clear error instead."""
+    args = train_x_clip.parse_args(["--output-dir", str(tmp_path), "--train-size", "8", "--eval-size", "4", "--lit",
+                                    "--config-overrides", json.dumps({"use_visual_ssl": True})])
+    with pytest.raises(ValueError, match="--lit.*use_visual_ssl"):
+        train_x_clip.build_trainer(args)
+
+
+# ------------------------------------------------------------------------------------------- --config-overrides
+def overridden_config(tmp_path, overrides: str):
+    args = train_x_clip.parse_args(["--output-dir", str(tmp_path), "--train-size", "8", "--eval-size", "4",
+                                    "--config-overrides", overrides])
+    return train_x_clip.build_trainer(args).model.config
+
+
+def test_config_overrides_reject_unknown_keys(tmp_path):
+    with pytest.raises(ValueError, match=r"use_mlmm.*use_mlm"):
+        overridden_config(tmp_path, '{"use_mlmm": true}')
+    with pytest.raises(ValueError, match=r"text_config.*num_layers.*num_hidden_layers"):
+        overridden_config(tmp_path, '{"text_config": {"num_layers": 1}}')
+
+
+def test_config_overrides_merge_into_the_sub_configs(tmp_path):
+    default = overridden_config(tmp_path, "{}")
+    config = overridden_config(tmp_path, '{"text_config": {"num_hidden_layers": 1}, "vision_config": {"patch_size": 16}}')
+    assert config.text_config.num_hidden_layers == 1 and config.vision_config.patch_size == 16
+    for name in ("vocab_size", "pad_token_id", "eos_token_id", "max_position_embeddings", "hidden_size"):
+        assert getattr(config.text_config, name) == getattr(default.text_config, name), name
+    assert config.vision_config.image_size == default.vision_config.image_size == 32
+    assert config.vision_config.hidden_size == default.vision_config.hidden_size
+
+
+@pytest.mark.parametrize("overrides", ["[1, 2]", '"use_mlm"', "3", "{not json"])
+def test_config_overrides_must_be_a_json_object(tmp_path, capsys, overrides):
+    with pytest.raises(SystemExit):
+        train_x_clip.parse_args(["--output-dir", str(tmp_path), "--config-overrides", overrides])
+    assert "--config-overrides" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- the saved tokenizer truncates (pipeline)
+def test_saved_processor_and_pipeline_truncate_long_labels_like_the_processor(tmp_path):
+    from transformers import AutoTokenizer, pipeline
+
+    from examples.synthetic_shapes import caption_vocabulary
+    from hf_mm.models.x_clip import XClipModel
+
+    torch.manual_seed(0)
+    processor = train_x_clip.caption_processor(caption_vocabulary(), image_size=32)
+    model = XClipModel(train_x_clip.tiny_x_clip_config(processor.tokenizer, hidden_size=32, layers=1)).eval()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    long = " ".join(caption_vocabulary()[:5] * 6)
+    context = model.config.text_config.max_position_embeddings
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    assert len(tokenizer(long)["input_ids"]) == context
+    assert tokenizer(long)["input_ids"] == processor(text=[long])["input_ids"][0]
+    assert len(tokenizer(long, truncation=False)["input_ids"]) > context  # still possible to opt out
+    image = make_shapes_dataset(1, seed=1)["image"][0]
+    result = pipeline("zero-shot-image-classification", model=str(tmp_path), device="cpu")(
+        image, candidate_labels=["red circle", long], hypothesis_template="{}")
+    inputs = processor(text=["red circle", long], images=[image], return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**inputs).logits_per_image.softmax(-1)[0]
+    scores = {r["label"]: r["score"] for r in result}
+    assert scores["red circle"] == pytest.approx(probs[0].item(), abs=1e-5)
+    assert scores[long] == pytest.approx(probs[1].item(), abs=1e-5)

@@ -8,7 +8,7 @@ Einstein notation: `m` text views, `v` image views, `b` (global) batch, `x` text
 import torch
 import torch.nn.functional as F
 
-from hf_mm.layers.contrastive import all_gather_with_grad, is_distributed
+from hf_mm.layers.contrastive import all_gather_with_grad, at_least_fp32, is_distributed
 
 
 def masked_mean(t: torch.Tensor, mask: torch.Tensor, dim: int, eps: float = 1e-6) -> torch.Tensor:
@@ -38,7 +38,9 @@ def pair_similarities(text, image, text_extra, image_extra, text_mask, scale):
 
 def info_nce(logits: torch.Tensor, decoupled: bool) -> torch.Tensor:
     """Row-wise InfoNCE of a square `(b, b)` matrix whose diagonal holds the positives, averaged over rows.
-    With `decoupled` (DCL) the positive is left out of its own denominator."""
+    With `decoupled` (DCL) the positive is left out of its own denominator. Half-precision logits (autocast) are
+    upcast first, so the loss is computed and returned in at least float32."""
+    logits = at_least_fp32(logits)
     positives = logits.diagonal()
     if decoupled:
         eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
@@ -106,7 +108,7 @@ def similarity_regularization(text, image, text_extra, image_extra) -> torch.Ten
     """arXiv 2309.08773: match the off-diagonal text-text and image-image similarities (per view).
 
     `text (m, b, d)`, `image (v, b, d)` (gathered over processes here); `*_extra` or None (then the
-    main latents stand in, which is what x-clip intends but crashes on)."""
+    main latents stand in, which is what x-clip intends but crashes on). Computed in at least float32."""
     text, image = gather_batch(text, 1), gather_batch(image, 1)
     text_extra = gather_batch(text_extra, 1) if text_extra is not None else text
     image_extra = gather_batch(image_extra, 1) if image_extra is not None else image
@@ -114,7 +116,7 @@ def similarity_regularization(text, image, text_extra, image_extra) -> torch.Ten
     off_diag = ~torch.eye(b, dtype=torch.bool, device=text.device)
 
     def sims(t):
-        return torch.einsum("mid,mjd->mij", t, t)[:, off_diag]
+        return at_least_fp32(torch.einsum("mid,mjd->mij", t, t))[:, off_diag]
 
     pairs = [torch.broadcast_tensors(sims(a), sims(c)) for a, c in ((text, image), (text_extra, image_extra))]
     return sum(F.mse_loss(a, c) for a, c in pairs) / 2

@@ -4,6 +4,7 @@ Einstein notation: `b` batch, `m` text views, `v` image views, `n` text tokens, 
 `l` latent features, `c` channels, `g` patch-grid side.
 """
 
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -340,8 +341,16 @@ class XClipModel(XClipPreTrainedModel):
         """Similarities of every text with every image, and with `return_loss` x-clip's total loss.
 
         `aug_input_ids` / `aug_pixel_values`: extra views `(b, n)` / `(b, c, H, W)` (or tuples of them) for
-        the multiview loss. `freeze_*_encoder` runs that tower without gradients (LiT). `return_dict=False` (or
-        `config.return_dict=False`) returns `XClipOutput.to_tuple()`: its non-None fields, `loss` first.
+        the multiview loss. `return_dict=False` (or `config.return_dict=False`) returns `XClipOutput.to_tuple()`:
+        its non-None fields, `loss` first.
+
+        `freeze_image_encoder` / `freeze_text_encoder` (LiT) run that tower without gradients in the contrastive
+        pass only. As in x-clip, the tower keeps its train/eval mode (a locked vision tower in train mode still
+        applies patch dropout: call `vision_model.eval()` for deterministic features), and x-clip's self-supervised
+        passes ignore the flags: with `return_loss`, `use_visual_ssl` still trains the image tower under
+        `freeze_image_encoder`, and `use_mlm` still trains the text tower under `freeze_text_encoder` (a
+        `UserWarning` says so). To lock a tower completely, turn its side loss off (or its loss weight to 0 and
+        its parameters' `requires_grad` off).
         """
         if input_ids is None or pixel_values is None:
             raise ValueError("XClipModel.forward needs both input_ids (batch, seq_len) and pixel_values "
@@ -361,6 +370,17 @@ class XClipModel(XClipPreTrainedModel):
             raise ValueError(f"return_loss pairs text i with image i: input_ids has batch {b}, "
                              f"pixel_values has batch {pixel_values.shape[0]}")
 
+        if return_loss:  # x-clip's side passes below encode with gradients whatever the freeze flags say
+            for frozen, frozen_name, side, side_name in (
+                (freeze_image_encoder, "freeze_image_encoder", self.visual_ssl, "use_visual_ssl"),
+                (freeze_text_encoder, "freeze_text_encoder", self.mlm, "use_mlm"),
+            ):
+                if frozen and side is not None:
+                    warnings.warn(
+                        f"{frozen_name}=True only freezes the contrastive pass: with {side_name}=True the "
+                        f"self-supervised loss still trains that tower (x-clip's behaviour); set {side_name}=False "
+                        "to lock the tower completely", UserWarning, stacklevel=2,
+                    )
         mlm_loss = visual_ssl_loss = None
         # MLM: drawn first, as in x-clip, so a shared seed gives the same masks; its pass always masks padding
         if return_loss and self.mlm is not None:

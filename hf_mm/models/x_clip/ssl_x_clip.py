@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hf_mm.layers.contrastive import at_least_fp32
+
 
 def tokens_in(ids: torch.Tensor, token_ids) -> torch.Tensor:
     """`(b, n)` -> bool `(b, n)`: True where the id is one of `token_ids`."""
@@ -90,15 +92,17 @@ class PredictionMLP(nn.Module):
 
 
 def simsiam_distance(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """`2 - 2 cos(prediction, target)` per row."""
+    """`2 - 2 cos(prediction, target)` per row, in at least float32 (autocast)."""
+    prediction, target = at_least_fp32(prediction), at_least_fp32(target)
     return 2 - 2 * (F.normalize(prediction, dim=-1) * F.normalize(target, dim=-1)).sum(dim=-1)
 
 
 def nt_xent_loss(queries: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SimCLR's NT-Xent over `queries (r, p)` and `keys (r, p)`: each row's positive is its other view."""
+    """SimCLR's NT-Xent over `queries (r, p)` and `keys (r, p)`: each row's positive is its other view. Computed in
+    at least float32 (autocast)."""
     r = queries.shape[0]
     projections = torch.cat((queries, keys))
-    logits = projections @ projections.t()
+    logits = at_least_fp32(projections @ projections.t())
     eye = torch.eye(2 * r, dtype=torch.bool, device=logits.device)
     logits = logits[~eye].reshape(2 * r, 2 * r - 1) / temperature
     labels = torch.cat((torch.arange(r, device=logits.device) + r - 1, torch.arange(r, device=logits.device)))

@@ -59,12 +59,16 @@ def test_sim_reg_without_extra_projection_and_simclr_without_augment_both():
 def test_simsiam_with_default_torch_augmentations_and_freeze():
     model = make(use_visual_ssl=True, visual_ssl_projection_hidden_size=32, use_mlm=True)
     ids, pixels = batch()
-    out = model(ids, pixels, return_loss=True, freeze_text_encoder=True)
+    with pytest.warns(UserWarning, match="freeze_text_encoder=True only freezes the contrastive pass: with use_mlm"):
+        out = model(ids, pixels, return_loss=True, freeze_text_encoder=True)
     assert out.visual_ssl_loss is not None and out.mlm_loss is not None
     out.loss.backward()
     assert model.text_model.encoder.layers[0].attn.q_proj.weight.grad is not None  # MLM trains the text tower
     model.zero_grad()
-    out = model(ids, pixels, return_loss=True, freeze_image_encoder=True, freeze_text_encoder=True)
+    with pytest.warns(UserWarning) as record:
+        out = model(ids, pixels, return_loss=True, freeze_image_encoder=True, freeze_text_encoder=True)
+    messages = " | ".join(str(w.message) for w in record)
+    assert "freeze_image_encoder=True" in messages and "use_visual_ssl=True" in messages and "use_mlm=True" in messages
     model.visual_ssl, model.mlm = None, None
     out = model(ids, pixels, return_loss=True, freeze_image_encoder=True, freeze_text_encoder=True)
     out.loss.backward()

@@ -161,3 +161,56 @@ def test_learned_temperature(tmp_path, logit_scale_max):
     reloaded = XClipModel.from_pretrained(tmp_path)
     assert reloaded.logit_scale.logit_scale.item() == param.item()
     assert reloaded.config.logit_scale_max == logit_scale_max
+
+
+# -------------------------------------------------------------------- freeze flags and x-clip's self-supervised passes
+@pytest.mark.parametrize("side", ["image", "text"])
+def test_freezing_a_tower_that_a_side_loss_trains_warns(side):
+    """x-clip's visual SSL / MLM passes encode with gradients whatever `freeze_*_encoder` says (as in the reference,
+    kept for parity): the tower then still trains, so the combination warns, naming both options."""
+    torch.manual_seed(0)
+    config = XClipConfig(text_config=TEXT, vision_config=VISION, projection_dim=16, visual_ssl_projection_hidden_size=32,
+                         **({"use_visual_ssl": True} if side == "image" else {"use_mlm": True, "mlm_mask_token_id": 50}))
+    model = XClipModel(config).train()
+    ids, pixels = batch(4)
+    tower, loss_option = ("vision_model", "use_visual_ssl") if side == "image" else ("text_model", "use_mlm")
+    with pytest.warns(UserWarning, match=rf"freeze_{side}_encoder.*{loss_option}"):
+        out = model(ids, pixels, return_loss=True, **{f"freeze_{side}_encoder": True})
+    out.loss.backward()
+    # the documented behaviour (x-clip's): the side loss still reaches the "frozen" tower
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(model, tower).parameters())
+
+
+# ------------------------------------------------------------------------------------- losses in fp32 under autocast
+@pytest.mark.parametrize("options", [{}, {"use_visual_ssl": True}, {"use_visual_ssl": True, "visual_ssl_type": "simclr"},
+                                     {"decoupled_contrastive_learning": True, "sim_reg_loss_weight": 0.5},
+                                     {"use_all_token_embeds": True}])
+def test_losses_are_float32_under_bf16_autocast(options):
+    """bf16 autocast (CPU): every loss term is computed (and returned) in float32, as hf_mm's shared contrastive
+    loss does (`at_least_fp32`), and stays close to the float32 loss."""
+    torch.manual_seed(0)
+    config = XClipConfig(text_config=TEXT, vision_config=VISION, projection_dim=16, visual_ssl_projection_hidden_size=32,
+                         logit_scale_init_value=math.log(100.0), visual_ssl_augment="none", **options)
+    model = XClipModel(config).train()
+    ids, pixels = batch(4)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(ids, pixels, return_loss=True)
+    torch.manual_seed(1)
+    full = model(ids, pixels, return_loss=True)
+    for name in ("loss", "contrastive_loss", "visual_ssl_loss", "sim_reg_loss"):
+        value = getattr(low, name)
+        if value is not None:
+            assert value.dtype == torch.float32, name
+            torch.testing.assert_close(value, getattr(full, name), rtol=5e-2, atol=5e-2)
+
+
+def test_info_nce_upcasts_bf16_logits():
+    """The loss of bf16 logits is the float32 maths on the same (bf16) values, not bf16 maths (steps of 0.125)."""
+    from hf_mm.models.x_clip.loss_x_clip import info_nce
+
+    logits = (torch.randn(64, 64, generator=torch.Generator().manual_seed(0)) * 30).bfloat16()
+    for decoupled in (False, True):
+        got = info_nce(logits, decoupled)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, info_nce(logits.float(), decoupled), rtol=0, atol=0)
