@@ -178,9 +178,6 @@ class XClipConfig(PreTrainedConfig):
             raise ValueError("sim_reg_loss_weight > 0 needs pooled embeddings: set use_all_token_embeds=False")
         if self.use_mlm and not isinstance(self.text_config, XClipTextConfig):
             raise ValueError("use_mlm=True needs the built-in text tower (text_config of type XClipTextConfig)")
-        if self.use_mlm and self.mlm_pad_id is None:
-            raise ValueError("use_mlm=True needs mlm_pad_token_id or text_config.pad_token_id (the MLM label pad), "
-                             "got None for both")
         vocab_size = getattr(self.text_config, "vocab_size", None)
         if self.mlm_pad_token_id is not None and vocab_size is not None and not 0 <= self.mlm_pad_token_id < vocab_size:
             raise ValueError(f"mlm_pad_token_id ({self.mlm_pad_token_id}) must lie in [0, text_config.vocab_size="

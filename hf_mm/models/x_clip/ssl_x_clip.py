@@ -42,11 +42,14 @@ class XClipMLMHead(nn.Module):
         self.vocab_size, self.pad_token_id = text.vocab_size, config.mlm_pad_id
         self.mask_prob, self.replace_prob = config.mlm_mask_prob, config.mlm_replace_prob
         self.random_token_prob, self.mask_token_id = config.mlm_random_token_prob, config.mlm_mask_token_id
-        self.ignore_ids = sorted({*config.mlm_mask_ignore_token_ids, self.pad_token_id})
+        self.ignore_ids = sorted({*config.mlm_mask_ignore_token_ids, self.pad_token_id} - {None})
         self.lm_head = nn.Linear(text.hidden_size, text.vocab_size)
 
     def mask_tokens(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> `masked_ids (b, n)`, `labels (b, n)` (pad id where nothing is predicted)."""
+        if self.pad_token_id is None:  # checked here, not in the config: such configs still load and run inference
+            raise ValueError("the MLM loss needs mlm_pad_token_id or text_config.pad_token_id (the label pad), got "
+                             "None for both")
         mask = mask_subset_with_prob(~tokens_in(input_ids, self.ignore_ids), self.mask_prob)
         labels = input_ids.masked_fill(~mask, self.pad_token_id)
         masked = input_ids.clone()
