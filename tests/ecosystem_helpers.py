@@ -25,8 +25,9 @@ def losses(log_history) -> dict[int, float]:
 
 def check_train_evaluate_and_resume(main, tmp_path: Path, common: list[str]) -> dict:
     """2 steps, then resume to 4 steps: finite eval loss, checkpoints, `final/`, and the same logged losses as 4
-    steps in one go (the resumed run restores model, optimiser, scheduler, RNG and data order); then 1 step of
-    fine-tuning from `final/` with `--model`."""
+    steps in one go (the resumed run restores model, optimiser, scheduler and data order; these configurations draw
+    no random numbers in forward: with dropout, patch dropout or MLM masking the random stream after a mid-epoch
+    resume differs from a straight run's); then 1 step of fine-tuning from `final/` with `--model`."""
     out = str(tmp_path / "run")
     first = main(["--output-dir", out, "--max-steps", "2", "--save-steps", "2", *common])
     assert math.isfinite(first["eval_loss"]) and (tmp_path / "run" / "checkpoint-2").is_dir()
